@@ -1,0 +1,56 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from accounts.models import User
+from accounts.services import account_create, api_key_create
+from billing.ledger import Book
+from billing.models import Purchase
+from billing.services import purchase_record
+from metering.services import model_upsert
+
+USD = 10**9
+DEMO_MODELS = [
+    {"model_id": "Qwen/Qwen2.5-7B-Instruct", "kind": "open", "params_b": Decimal(7)},
+    {"model_id": "meta-llama/Llama-3.1-8B-Instruct", "kind": "open", "params_b": Decimal(8)},
+    {"model_id": "meta-llama/Llama-3-70b", "kind": "open", "params_b": Decimal(70)},
+    {"model_id": "openai/gpt-4o", "kind": "closed", "provider": "openai",
+     "input_nanos_per_mtok": 2_500_000_000, "output_nanos_per_mtok": 10 * USD},
+    {"model_id": "anthropic/claude-sonnet-4", "kind": "closed", "provider": "anthropic",
+     "input_nanos_per_mtok": 3 * USD, "output_nanos_per_mtok": 15 * USD},
+]
+
+
+class Command(BaseCommand):
+    help = "Load demo data: a staff user, a customer with credit and a key, some models."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--admin-password", default="admin-demo-password")
+        parser.add_argument("--customer-password", default="demo-customer-password")
+
+    def handle(self, *args, admin_password, customer_password, **options):
+        for model in DEMO_MODELS:
+            model_upsert(**model)
+
+        admin = User.objects.filter(email="admin@example.com").first()
+        if admin is None:
+            User.objects.create_superuser("admin@example.com", admin_password)
+
+        account, _ = account_create(email="demo@example.com")
+        user = account.user
+        if not user.has_usable_password():
+            user.set_password(customer_password)
+            user.save(update_fields=["password"])
+        purchase_record(account_id=account.id, amount_nanos=25 * USD,
+                        reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
+                        cash_book=Book.EXTERNAL_CASH)
+        _, key = api_key_create(account_id=account.id, name="demo")
+
+        token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
+        self.stdout.write(self.style.SUCCESS("Demo data loaded."))
+        self.stdout.write(f"  staff console:   /admin/  admin@example.com / {admin_password}")
+        self.stdout.write(f"  demo customer:   demo@example.com / {customer_password}")
+        self.stdout.write(f"  demo account id: {account.id}")
+        self.stdout.write(f"  demo API key:    {key}")
+        self.stdout.write(f"  service token:   {token}")

@@ -1,0 +1,17 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.selectors import ledger_discrepancies
+
+
+class Command(BaseCommand):
+    help = ("Verify the books: every ledger transaction balances, and for every account the "
+            "ledger, its lots and the run path's working balance agree. Exits non-zero on "
+            "any difference.")
+
+    def handle(self, *args, **options):
+        problems = ledger_discrepancies()
+        for problem in problems:
+            self.stderr.write(problem)
+        if problems:
+            raise CommandError(f"ledger_check: {len(problems)} discrepancies")
+        self.stdout.write(self.style.SUCCESS("ledger_check: the books agree"))

@@ -1,0 +1,94 @@
+"""Money: integer nano-dollars inside (1 USD = 10**9 nanos), decimal strings at the API,
+cents only at the Stripe boundary. One charge is computed exactly and rounded once,
+half up, to the nano-dollar."""
+
+import re
+from fractions import Fraction
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+NANOS_PER_USD = 10**9
+NANOS_PER_CENT = 10**7
+MAX_AMOUNT_NANOS = 10**6 * NANOS_PER_USD  # $1,000,000: far beyond any single movement
+
+_DECIMAL_RE = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
+
+
+class MoneyFormatError(ValueError):
+    pass
+
+
+def usd_to_nanos(text: str) -> int:
+    """Parse an exact decimal string ("10", "5.00", "0.000072") into nano-dollars."""
+    match = _DECIMAL_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise MoneyFormatError('Must be a decimal string in US dollars, e.g. "10.00".')
+    sign, whole, frac = match.groups()
+    frac = frac or ""
+    if len(frac) > 9:
+        raise MoneyFormatError("At most 9 decimal places.")
+    nanos = int(whole) * NANOS_PER_USD + int(frac.ljust(9, "0") or "0")
+    return -nanos if sign else nanos
+
+
+def nanos_to_usd(nanos: int) -> str:
+    """Render nano-dollars as an exact decimal string with 9 places."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    return f"{sign}{whole}.{frac:09d}"
+
+
+def round_half_up(value: Fraction) -> int:
+    """Round an exact non-negative amount (in nanos) once, half up."""
+    if value < 0:
+        raise ValueError("charges are never negative")
+    return int(value + Fraction(1, 2))
+
+
+def nanos_to_cents(nanos: int) -> int:
+    """Stripe boundary: amounts we charge are whole cents by construction."""
+    cents, rest = divmod(nanos, NANOS_PER_CENT)
+    if rest:
+        raise ValueError(f"{nanos} nanos is not a whole number of cents")
+    return cents
+
+
+def cents_to_nanos(cents: int) -> int:
+    return cents * NANOS_PER_CENT
+
+
+@extend_schema_field({"type": "string", "pattern": r"^\d+(\.\d{1,9})?$",
+                      "example": "10.00"})
+class MoneyField(serializers.Field):
+    """A decimal-string USD amount, exact to 9 places, parsed to integer nanos."""
+
+    default_error_messages = {
+        "invalid": 'Must be a decimal string in US dollars, e.g. "10.00".',
+        "negative": "Must not be negative.",
+        "not_positive": "Must be greater than zero.",
+        "too_large": "Must be at most {max_usd}.",
+    }
+
+    def __init__(self, *, positive: bool = True, max_nanos: int = MAX_AMOUNT_NANOS, **kwargs):
+        self.positive = positive
+        self.max_nanos = max_nanos
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data) -> int:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        try:
+            nanos = usd_to_nanos(data)
+        except MoneyFormatError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+        if nanos < 0:
+            self.fail("negative")
+        if self.positive and nanos == 0:
+            self.fail("not_positive")
+        if nanos > self.max_nanos:
+            self.fail("too_large", max_usd=nanos_to_usd(self.max_nanos))
+        return nanos
+
+    def to_representation(self, value: int) -> str:
+        return nanos_to_usd(value)

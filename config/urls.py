@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from config.api import json_not_found
+
+internal_v1 = [
+    path("", include("accounts.urls")),
+    path("", include("billing.urls")),
+    path("", include("metering.urls")),
+    path("schema", SpectacularAPIView.as_view(), name="internal-schema"),
+    path("docs", SpectacularRedocView.as_view(url_name="internal-schema"),
+         name="internal-docs"),
+    re_path(r"^.*$", json_not_found),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("internal/v1/", include(internal_v1)),
+]

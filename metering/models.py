@@ -1,0 +1,94 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class SizeClass(models.Model):
+    """A price band for open models: a model takes the smallest class at least its size."""
+
+    name = models.CharField(max_length=16, unique=True)
+    max_params_b = models.DecimalField(max_digits=10, decimal_places=3, unique=True,
+                                       help_text="Largest model size, in billions of "
+                                       "parameters, in this class.")
+    nanos_per_second = models.BigIntegerField(validators=[MinValueValidator(0)],
+                                              help_text="Price per billed second, in "
+                                              "nano-dollars (1 USD = 10^9).")
+    concurrency_weight = models.PositiveIntegerField(default=1, validators=[
+        MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["max_params_b"]
+        verbose_name_plural = "size classes"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InferenceModel(models.Model):
+    """A model the gateway can run. Open models are priced by size class; closed ones
+    at the provider's price plus the platform fee."""
+
+    class Kind(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    id = models.CharField(primary_key=True, max_length=200,
+                          help_text='The gateway\'s model id, e.g. "meta-llama/Llama-3-70b".')
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    params_b = models.DecimalField(max_digits=10, decimal_places=3, null=True, blank=True,
+                                   help_text="Open models: size in billions of parameters.")
+    provider = models.CharField(max_length=50, blank=True,
+                                help_text="Closed models: openai, anthropic, google, ...")
+    input_nanos_per_mtok = models.BigIntegerField(null=True, blank=True,
+                                                  help_text="Closed models: nano-dollars "
+                                                  "per million input tokens.")
+    output_nanos_per_mtok = models.BigIntegerField(null=True, blank=True,
+                                                   help_text="Closed models: nano-dollars "
+                                                   "per million output tokens.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                name="model_open_has_size",
+                condition=(models.Q(kind="open", params_b__gt=0) | models.Q(kind="closed")),
+            ),
+            models.CheckConstraint(
+                name="model_closed_has_prices",
+                condition=(
+                    models.Q(kind="open")
+                    | models.Q(kind="closed", input_nanos_per_mtok__gte=0,
+                               output_nanos_per_mtok__gte=0)
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class PricingPolicy(models.Model):
+    """Platform-wide price rules that staff may edit: one row."""
+
+    platform_fee_ppm = models.PositiveIntegerField(
+        default=20_000, validators=[MaxValueValidator(1_000_000)],
+        help_text="Fee on closed-model provider cost, in parts per million (2% = 20000).")
+    byok_fee_nanos = models.BigIntegerField(
+        default=0, validators=[MinValueValidator(0)],
+        help_text="Charge to credits for a bring-your-own-key run, in nano-dollars.")
+    default_estimate_seconds = models.PositiveIntegerField(
+        default=60, help_text="Open models: seconds reserved when the gateway sends no "
+        "estimate.")
+    default_estimate_input_tokens = models.PositiveIntegerField(default=1_000)
+    default_estimate_output_tokens = models.PositiveIntegerField(default=1_000)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "pricing policy"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1),
+                                              name="pricing_policy_single_row")]
+
+    def __str__(self) -> str:
+        return "Pricing policy"

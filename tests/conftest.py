@@ -1,0 +1,65 @@
+"""Test session set-up. Tests run against the real PostgreSQL and Redis: a missing
+service fails the session instead of being skipped."""
+
+import os
+
+import pytest
+from django.conf import settings
+
+from billing.selectors import ledger_discrepancies
+
+INTERNAL_TOKEN = "test-internal-token"
+
+
+def pytest_configure(config):
+    problems = []
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        problems.append("DATABASE_URL must point at PostgreSQL")
+    if not os.environ.get("REDIS_URL", "").startswith("redis://"):
+        problems.append("REDIS_URL must point at Redis")
+    if problems:
+        raise pytest.UsageError("; ".join(problems) + " (see README.md: `make test`)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _services_reachable(django_db_blocker):
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).ping()
+
+
+@pytest.fixture(autouse=True)
+def _internal_token(settings):
+    settings.BILLING_INTERNAL_TOKENS = [INTERNAL_TOKEN, "second-token"]
+
+
+@pytest.fixture(autouse=True)
+def _ledger_checked_after_each_test(request):
+    """After every scenario that touched the database, the books must agree."""
+    yield
+    if request.node.get_closest_marker("ledger_tampered"):
+        return
+    if not ({"db", "transactional_db", "django_db_setup"} & set(request.fixturenames)
+            or request.node.get_closest_marker("django_db")):
+        return
+    django_db_blocker = request.getfixturevalue("django_db_blocker")
+    with django_db_blocker.unblock():
+        problems = ledger_discrepancies()
+    assert problems == [], "ledger_check after the test:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def api():
+    """A client for /internal/v1/ carrying a valid service token."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
+    return client
+
+
+@pytest.fixture
+def anon_api():
+    from rest_framework.test import APIClient
+
+    return APIClient()
