@@ -253,3 +253,26 @@ def free_grant_due_account_ids(*, now: datetime) -> list[UUID]:
 def credit_expiry_due_account_ids(*, now: datetime) -> list[UUID]:
     return list(Account.objects.filter(credit_valid_until__lte=now).values_list("id", flat=True))
 
+
+
+class InsufficientCredit(ApplicationError):
+    status = 402
+    code = "insufficient_credits"
+    message = "Insufficient credits. Please add credits to continue."
+
+
+@transaction.atomic
+def credit_debit(*, account_id: UUID, amount_nanos: int, reason: str,
+                 now: datetime | None = None) -> int:
+    """Staff adjustment that removes credit, soonest-expiring first. Refused, with nothing
+    written, when the live credit not reserved by open holds cannot cover it."""
+    now = now or timezone.now()
+    account = account_lock(account_id=account_id)
+    credit_lots_expire(account=account, now=now)
+    if amount_nanos <= 0 or account.balance_nanos - account.held_nanos < amount_nanos:
+        raise InsufficientCredit("The account's available credit cannot cover this debit.")
+    consumed = credit_consume(account=account, amount_nanos=amount_nanos, now=now)
+    ledger_post(kind=Kind.ADJUSTMENT, account_id=account.id, now=now, memo=reason,
+                legs=[*consumed.legs, Leg(Book.STAFF_ADJUSTMENT, consumed.covered_nanos)])
+    account_balance_apply(account=account, balance_delta=-consumed.covered_nanos)
+    return consumed.covered_nanos
