@@ -88,6 +88,10 @@ class Account(models.Model):
     credit_valid_until = models.DateTimeField(default=FAR_FUTURE)
     # Usage that the credit could not cover, recovered from the next credit added.
     receivable_nanos = models.BigIntegerField(default=0)
+    # The auto-reload threshold while auto-reload is on (NULL: off or paused). A charge or
+    # expiry that takes the balance from at or above it to below it records a
+    # LowBalanceEvent in the same transaction.
+    auto_reload_threshold_nanos = models.BigIntegerField(null=True, blank=True)
 
     # The unlock tier, derived from purchases in the rolling window, valid until the
     # oldest of those purchases ages out (or staff edit the tiers).

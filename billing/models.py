@@ -188,3 +188,24 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.book} {self.amount_nanos:+d}"
+
+
+class LowBalanceEvent(models.Model):
+    """The balance crossed below the auto-reload threshold: written in the same
+    transaction as the charge or expiry that crossed it, acted on by auto-reload."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
+                                related_name="low_balance_events")
+    threshold_nanos = models.BigIntegerField()
+    balance_before_nanos = models.BigIntegerField()
+    balance_after_nanos = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    handled_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["account", "created_at"], name="low_balance_account_idx")]
+
+    def __str__(self) -> str:
+        return f"Low balance {self.account_id} at {self.created_at:%Y-%m-%d %H:%M}"

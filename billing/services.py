@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.locks import account_lock
 from accounts.models import FAR_FUTURE, Account
 from billing.ledger import Book, Kind, Leg, ledger_post
-from billing.models import CreditLot, Plan, Purchase
+from billing.models import CreditLot, LowBalanceEvent, Plan, Purchase
 from config.api import ApplicationError
 
 Source = CreditLot.Source
@@ -172,6 +172,18 @@ def purchase_record(*, account_id: UUID, amount_nanos: int, reference: str, kind
     return purchase, True
 
 
+def low_balance_record(*, account: Account, balance_before_nanos: int,
+                       now: datetime) -> LowBalanceEvent | None:
+    """Record a crossing below the auto-reload threshold, if this change made one. Call in
+    the transaction that lowered the locked account's balance, after applying it."""
+    threshold = account.auto_reload_threshold_nanos
+    if threshold is None or not (balance_before_nanos >= threshold > account.balance_nanos):
+        return None
+    return LowBalanceEvent.objects.create(
+        account=account, threshold_nanos=threshold, balance_before_nanos=balance_before_nanos,
+        balance_after_nanos=account.balance_nanos, created_at=now)
+
+
 def credit_lots_expire(*, account: Account, now: datetime) -> int:
     """Record the expiry of the locked account's lots that are past their time. Returns
     the credit expired."""
@@ -191,7 +203,9 @@ def credit_lots_expire(*, account: Account, now: datetime) -> int:
                 for lot_id, remaining in due),
               Leg(Book.EXPIRED_CREDIT, total)],
     )
+    balance_before = account.balance_nanos
     account_balance_apply(account=account, balance_delta=-total)
+    low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
     return total
 
 
@@ -274,5 +288,7 @@ def credit_debit(*, account_id: UUID, amount_nanos: int, reason: str,
     consumed = credit_consume(account=account, amount_nanos=amount_nanos, now=now)
     ledger_post(kind=Kind.ADJUSTMENT, account_id=account.id, now=now, memo=reason,
                 legs=[*consumed.legs, Leg(Book.STAFF_ADJUSTMENT, consumed.covered_nanos)])
+    balance_before = account.balance_nanos
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos)
+    low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
     return consumed.covered_nanos
