@@ -1,6 +1,6 @@
 import hashlib
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.core.exceptions import ValidationError
@@ -98,6 +98,21 @@ def api_key_generate() -> tuple[str, str]:
     public = "".join(secrets.choice(_PUBLIC_ALPHABET) for _ in range(8))
     prefix = f"{API_KEY_PREFIX}{public}"
     return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+
+# Last-used times are written at most once a minute per key and process, never on
+# every call.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_last_used_written: dict[UUID, datetime] = {}
+
+
+def api_key_touch(*, api_key_id: UUID, now: datetime) -> None:
+    written = _last_used_written.get(api_key_id)
+    if written is not None and now - written < LAST_USED_RESOLUTION:
+        return
+    _last_used_written[api_key_id] = now
+    ApiKey.objects.filter(id=api_key_id).exclude(
+        last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=now)
 
 
 def api_key_create(*, account_id: UUID, name: str, expires_at: datetime | None = None,

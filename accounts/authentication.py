@@ -1,0 +1,40 @@
+"""Customer API keys on /api/v1/: `Authorization: <key>` or `Authorization: Bearer <key>`."""
+
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+
+from accounts.models import ApiKey
+from accounts.services import api_key_hash, api_key_touch
+from config.api import ApplicationError
+
+
+class InvalidApiKey(ApplicationError):
+    status = 401
+    code = "invalid_api_key"
+    message = "The API key is unknown, revoked or expired."
+
+
+def presented_api_key(request) -> str:
+    header = request.META.get("HTTP_AUTHORIZATION", "").strip()
+    scheme, _, rest = header.partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else header
+
+
+class CustomerKeyAuthentication(BaseAuthentication):
+    """Authenticates as the key's account user; `request.auth` is the ApiKey."""
+
+    def authenticate(self, request):
+        key = presented_api_key(request)
+        if not key:
+            raise exceptions.NotAuthenticated()
+        now = timezone.now()
+        api_key = (ApiKey.objects.select_related("account__user")
+                   .filter(key_hash=api_key_hash(key)).first())
+        if api_key is None or not api_key.is_usable(now):
+            raise InvalidApiKey()
+        api_key_touch(api_key_id=api_key.id, now=now)
+        return api_key.account.user, api_key
+
+    def authenticate_header(self, request):
+        return "Bearer"
