@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.http import HttpResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
@@ -14,7 +15,13 @@ internal_v1 = [
     re_path(r"^.*$", json_not_found),
 ]
 
+def healthz(request):
+    """Liveness for load balancers: no database, no cache. The benchmark's empty view."""
+    return HttpResponse(b"ok", content_type="text/plain")
+
+
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
 ]
