@@ -4,7 +4,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from accounts.models import Account
-from accounts.selectors import account_current, account_summary
+from accounts.selectors import account_summary
 from accounts.serializers import AccountOutputSerializer
 from accounts.services import (
     account_create,
@@ -14,6 +14,7 @@ from accounts.services import (
     api_key_revoke,
 )
 from config.api import InternalApi
+from metering.selectors import account_current
 
 
 class AccountCreateApi(InternalApi):

@@ -1,26 +1,11 @@
-from datetime import datetime
 from decimal import Decimal
 
-from django.utils import timezone
-
 from accounts.models import Account
-from accounts.services import account_get, account_maintain
 
 
 def params_b_number(value: Decimal) -> int | float:
     """A model size as a JSON number: 70, or 7.5."""
     return int(value) if value == value.to_integral_value() else float(value)
-
-
-def account_current(*, account_id, now: datetime | None = None) -> Account:
-    """The account with its working state brought up to `now` (expired credit recorded,
-    tier recomputed) when it is stale; no lock when it is not."""
-    now = now or timezone.now()
-    account = account_get(account_id=account_id)
-    if account.credit_valid_until <= now or account.tier_valid_until <= now:
-        account_maintain(account_id=account.id, now=now)
-        account = account_get(account_id=account.id)
-    return account
 
 
 def account_tier_summary(*, account: Account) -> dict:

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.locks import account_lock
 from accounts.models import Account, ApiKey, User
-from billing.services import credit_lots_expire, free_grant_ensure_locked
+from billing.services import free_grant_ensure_locked
 from config.api import ApplicationError
 from ratelimits.services import account_tier_refresh
 
@@ -61,23 +61,6 @@ def account_get(*, account_id: UUID | str) -> Account:
         return Account.objects.select_related("user", "tier").get(id=account_id)
     except (Account.DoesNotExist, ValidationError, ValueError, TypeError):
         raise AccountNotFound() from None
-
-
-def account_maintain_locked(*, account: Account, now: datetime) -> None:
-    """Bring the locked account's working state up to `now`: record expired credit and
-    recompute a tier whose window moved. The run path's slow path builds on this."""
-    if account.credit_valid_until <= now:
-        credit_lots_expire(account=account, now=now)
-    if account.tier_valid_until <= now:
-        account_tier_refresh(account=account, now=now)
-
-
-@transaction.atomic
-def account_maintain(*, account_id: UUID, now: datetime | None = None) -> Account:
-    now = now or timezone.now()
-    account = account_lock(account_id=account_id)
-    account_maintain_locked(account=account, now=now)
-    return account
 
 
 @transaction.atomic

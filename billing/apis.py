@@ -1,14 +1,21 @@
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from accounts.authentication import CustomerKeyAuthentication
+from accounts.selectors import account_summary
+from accounts.serializers import ConcurrencyOutputSerializer, TierOutputSerializer
 from accounts.services import account_get
 from billing.ledger import Book
 from billing.models import Purchase
 from billing.money import MoneyField
+from billing.selectors import auto_reload_summary
 from billing.services import credit_grant, purchase_record
 from config.api import InternalApi
+from metering.selectors import account_current
 
 
 class PurchaseCreateApi(InternalApi):
@@ -69,3 +76,31 @@ class GrantCreateApi(InternalApi):
                               reason=data.validated_data["reason"],
                               expires_at=data.validated_data["expires_at"])
         return Response(self.OutputSerializer(lot).data, status=status.HTTP_201_CREATED)
+
+
+class CreditsApi(APIView):
+    """The customer's own credit, read with the customer's API key."""
+
+    authentication_classes = [CustomerKeyAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    class OutputSerializer(serializers.Serializer):
+        class AutoReloadSerializer(serializers.Serializer):
+            enabled = serializers.BooleanField()
+            threshold_usd = MoneyField(source="threshold_nanos")
+            amount_usd = MoneyField(source="amount_nanos")
+            monthly_max_usd = MoneyField(source="monthly_max_nanos")
+
+        balance_usd = MoneyField(source="balance_nanos")
+        available_usd = MoneyField(source="available_nanos")
+        plan = serializers.CharField()
+        tier = TierOutputSerializer()
+        concurrency = ConcurrencyOutputSerializer()
+        auto_reload = AutoReloadSerializer()
+
+    @extend_schema(responses=OutputSerializer, summary="Your credit, tier and auto-reload")
+    def get(self, request):
+        account = account_current(account_id=request.auth.account_id)
+        body = {**account_summary(account=account),
+                "auto_reload": auto_reload_summary(account=account)}
+        return Response(self.OutputSerializer(body).data)

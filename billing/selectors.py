@@ -71,3 +71,17 @@ def account_lots(*, account_id) -> list[CreditLot]:
 def account_spendable_lots(*, account_id, now) -> list[CreditLot]:
     return list(CreditLot.objects.filter(Q(account_id=account_id), Q(remaining_nanos__gt=0),
                                          Q(expires_at__gt=now)).order_by("expires_at", "id"))
+
+
+def auto_reload_summary(*, account: Account) -> dict:
+    """The account's auto-reload settings as the customer sees them."""
+    from django.conf import settings
+
+    threshold = account.auto_reload_threshold_nanos
+    return {
+        "enabled": threshold is not None,
+        "threshold_nanos": threshold if threshold is not None
+        else settings.AUTO_RELOAD_DEFAULT_THRESHOLD_NANOS,
+        "amount_nanos": settings.AUTO_RELOAD_DEFAULT_AMOUNT_NANOS,
+        "monthly_max_nanos": settings.AUTO_RELOAD_DEFAULT_MONTHLY_MAX_NANOS,
+    }

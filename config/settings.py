@@ -198,3 +198,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Run path -----------------------------------------------------------------------------
+HOLD_LEASE = timedelta(seconds=env_int("HOLD_LEASE_SECONDS", 120))
+LATE_SETTLE_WINDOW = timedelta(seconds=env_int("LATE_SETTLE_WINDOW_SECONDS", 24 * 3600))
+CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
+    "task": "metering.tasks.holds_expire_due",
+    "schedule": timedelta(seconds=30),
+}
+
+# Auto-reload defaults (DESIGN.md): reload $10 when the balance falls below $3, at most
+# $100 in a UTC calendar month.
+AUTO_RELOAD_DEFAULT_THRESHOLD_NANOS = 3 * 10**9
+AUTO_RELOAD_DEFAULT_AMOUNT_NANOS = 10 * 10**9
+AUTO_RELOAD_DEFAULT_MONTHLY_MAX_NANOS = 100 * 10**9

@@ -20,8 +20,14 @@ def healthz(request):
     return HttpResponse(b"ok", content_type="text/plain")
 
 
+public_v1 = [
+    path("", include("billing.urls_public")),
+    re_path(r"^.*$", json_not_found),
+]
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
+    path("api/v1/", include(public_v1)),
 ]

@@ -1,7 +1,8 @@
 import re
 from decimal import Decimal
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -10,7 +11,15 @@ from billing.money import MoneyField, nanos_to_usd
 from config.api import InternalApi
 from metering.models import InferenceModel
 from metering.selectors import model_get, size_class_for
-from metering.services import ModelNotFound, model_upsert
+from metering.services import (
+    ModelNotFound,
+    Usage,
+    hold_authorize,
+    hold_heartbeat,
+    hold_release,
+    hold_settle,
+    model_upsert,
+)
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
@@ -77,3 +86,153 @@ class ModelDetailApi(InternalApi):
         if model is None:
             raise ModelNotFound()
         return Response(model_output(model))
+
+
+# --- The run path ---------------------------------------------------------------------------
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON true/false: not "yes", not 1."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid", input=data)
+
+
+MAX_ESTIMATE_SECONDS = Decimal(30 * 24 * 3600)
+MAX_TOKENS = 10**9
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class SecondsField(serializers.Field):
+    """A duration in seconds: a non-negative JSON number, any precision."""
+
+    default_error_messages = {
+        "invalid": "Must be a number of seconds.",
+        "negative": "Must not be negative.",
+        "too_large": f"Must be at most {MAX_ESTIMATE_SECONDS} seconds.",
+    }
+
+    def to_internal_value(self, data) -> Decimal:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        value = Decimal(repr(data)) if isinstance(data, float) else Decimal(data)
+        if not value.is_finite():
+            self.fail("invalid")
+        if value < 0:
+            self.fail("negative")
+        if value > MAX_ESTIMATE_SECONDS:
+            self.fail("too_large")
+        return value
+
+    def to_representation(self, value):
+        return float(value)
+
+
+class EstimateInputSerializer(serializers.Serializer):
+    seconds = SecondsField(required=False)
+    input_tokens = serializers.IntegerField(required=False, min_value=0, max_value=MAX_TOKENS)
+    max_output_tokens = serializers.IntegerField(required=False, min_value=0,
+                                                 max_value=MAX_TOKENS)
+
+
+def authorization_output(authorization) -> dict:
+    return {
+        "hold_id": str(authorization.hold_id),
+        "account_id": str(authorization.account_id),
+        "reserved_usd": nanos_to_usd(authorization.reserved_nanos),
+        "lease_expires_at": serializers.DateTimeField().to_representation(
+            authorization.lease_expires_at),
+        "balance_usd": nanos_to_usd(authorization.balance_nanos),
+        "available_usd": nanos_to_usd(max(0, authorization.balance_nanos
+                                          - authorization.held_nanos)),
+        "tier": {"name": authorization.tier_name,
+                 "max_params_b": params_b_number(authorization.tier_max_params_b),
+                 "concurrency": authorization.tier_concurrency},
+        "concurrency": {"in_use": authorization.slots_in_use,
+                        "limit": authorization.tier_concurrency},
+    }
+
+
+class HoldAuthorizeApi(InternalApi):
+    """Before a run: may this key run this model now? Reserves money and slots."""
+
+    class InputSerializer(serializers.Serializer):
+        api_key = serializers.CharField(max_length=200, trim_whitespace=False)
+        model = serializers.CharField(max_length=200)
+        request_id = serializers.CharField(max_length=200)
+        byok = StrictBooleanField(required=False, default=False)
+        auto_scale = StrictBooleanField(required=False, default=False)
+        estimate = EstimateInputSerializer(required=False, allow_null=True, default=None)
+
+    @extend_schema(request=InputSerializer, responses={200: dict},
+                   summary="Authorize a run (reserve a hold)")
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        estimate = values["estimate"] or {}
+        authorization = hold_authorize(
+            api_key=values["api_key"], model_id=values["model"],
+            request_id=values["request_id"], byok=values["byok"],
+            auto_scale=values["auto_scale"], estimate_seconds=estimate.get("seconds"),
+            estimate_input_tokens=estimate.get("input_tokens"),
+            estimate_max_output_tokens=estimate.get("max_output_tokens"), request=request)
+        return Response(authorization_output(authorization))
+
+
+class HoldSettleApi(InternalApi):
+    """After a run: charge what it used."""
+
+    class InputSerializer(serializers.Serializer):
+        inference_seconds = SecondsField(required=False)
+        load_seconds = SecondsField(required=False)
+        input_tokens = serializers.IntegerField(required=False, min_value=0,
+                                                max_value=MAX_TOKENS)
+        output_tokens = serializers.IntegerField(required=False, min_value=0,
+                                                 max_value=MAX_TOKENS)
+        provider_cost_usd = MoneyField(required=False, positive=False)
+
+        def validate(self, attrs):
+            if ("input_tokens" in attrs) != ("output_tokens" in attrs):
+                missing = "output_tokens" if "input_tokens" in attrs else "input_tokens"
+                raise serializers.ValidationError({missing: ["Send both token counts."]})
+            return attrs
+
+    @extend_schema(request=InputSerializer, responses={200: dict}, summary="Settle a hold")
+    def post(self, request, hold_id):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        result = hold_settle(hold_id=hold_id, usage=Usage(
+            inference_seconds=values.get("inference_seconds"),
+            load_seconds=values.get("load_seconds"),
+            input_tokens=values.get("input_tokens"), output_tokens=values.get("output_tokens"),
+            provider_cost_nanos=values.get("provider_cost_usd")))
+        return Response(result)
+
+
+class EmptyInputSerializer(serializers.Serializer):
+    pass
+
+
+class HoldReleaseApi(InternalApi):
+    @extend_schema(request=EmptyInputSerializer, responses={200: dict},
+                   summary="Release a hold: the run did not happen")
+    def post(self, request, hold_id):
+        if not isinstance(request.data, dict):
+            raise serializers.ValidationError(["Send a JSON object."])
+        return Response(hold_release(hold_id=hold_id))
+
+
+class HoldHeartbeatApi(InternalApi):
+    @extend_schema(request=EmptyInputSerializer, responses={200: dict},
+                   summary="Extend the lease of a long run")
+    def post(self, request, hold_id):
+        if not isinstance(request.data, dict):
+            raise serializers.ValidationError(["Send a JSON object."])
+        result = hold_heartbeat(hold_id=hold_id)
+        result["lease_expires_at"] = serializers.DateTimeField().to_representation(
+            result["lease_expires_at"])
+        return Response(result)

@@ -92,3 +92,89 @@ class PricingPolicy(models.Model):
 
     def __str__(self) -> str:
         return "Pricing policy"
+
+
+class Hold(models.Model):
+    """A reservation for one run: TigerBeetle's pending transfer. It holds money and
+    concurrency slots until it is settled (posted, for the actual usage), released
+    (voided) or its lease runs out (voided by expiry). Prices are fixed when the run is
+    authorized and kept here."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        SETTLED = "settled"
+        RELEASED = "released"
+        EXPIRED = "expired"
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
+                                related_name="holds")
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT,
+                                related_name="holds")
+    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="holds")
+    request_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=InferenceModel.Kind.choices)
+    byok = models.BooleanField(default=False)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    reserved_nanos = models.BigIntegerField()
+    weight = models.IntegerField(help_text="Concurrency slots the run takes.")
+    # Price snapshot.
+    nanos_per_second = models.BigIntegerField(default=0)
+    input_nanos_per_mtok = models.BigIntegerField(default=0)
+    output_nanos_per_mtok = models.BigIntegerField(default=0)
+    platform_fee_ppm = models.IntegerField(default=0)
+    byok_fee_nanos = models.BigIntegerField(default=0)
+
+    created_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    charged_nanos = models.BigIntegerField(null=True, blank=True)
+    # The settle response, returned unchanged when the same hold is settled again.
+    settle_result = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "request_id"],
+                                    name="hold_request_id_unique"),
+            models.CheckConstraint(condition=models.Q(reserved_nanos__gte=0),
+                                   name="hold_reserved_non_negative"),
+            models.CheckConstraint(condition=models.Q(weight__gte=0),
+                                   name="hold_weight_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "lease_expires_at"],
+                         condition=models.Q(status="open"), name="hold_open_lease_idx"),
+            models.Index(fields=["lease_expires_at"], condition=models.Q(status="open"),
+                         name="hold_open_sweep_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.id} ({self.status})"
+
+
+class UsageRecord(models.Model):
+    """What one settled run used and was charged; the dashboard's usage comes from here."""
+
+    hold = models.OneToOneField(Hold, on_delete=models.PROTECT, related_name="usage")
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
+                                related_name="usage_records")
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT, related_name="+")
+    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=8, choices=InferenceModel.Kind.choices)
+    byok = models.BooleanField(default=False)
+    inference_seconds = models.DecimalField(max_digits=14, decimal_places=3, null=True)
+    load_seconds = models.DecimalField(max_digits=14, decimal_places=3, null=True)
+    billed_seconds = models.BigIntegerField(null=True)
+    input_tokens = models.BigIntegerField(null=True)
+    output_tokens = models.BigIntegerField(null=True)
+    provider_cost_nanos = models.BigIntegerField(null=True)
+    charged_nanos = models.BigIntegerField()
+    # Part of the charge the credit could not cover (owed, recovered from new credit).
+    unpaid_nanos = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "created_at"], name="usage_account_time_idx")]
+
+    def __str__(self) -> str:
+        return f"usage {self.hold_id}"

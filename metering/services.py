@@ -1,11 +1,62 @@
+import json
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
+from uuid import UUID
 
-from django.db import transaction
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.authentication import InvalidApiKey
+from accounts.locks import account_lock
+from accounts.models import Account, ApiKey
+from billing.ledger import Book, Leg, ledger_post
+from billing.ledger import Kind as LedgerKind
+from billing.models import CreditLot
+from billing.money import nanos_to_usd
+from billing.services import (
+    InsufficientCredit,
+    account_balance_apply,
+    credit_consume,
+    credit_lots_expire,
+    low_balance_record,
+)
 from config.api import ApplicationError
-from metering.models import InferenceModel, SizeClass
+from metering import sql
+from metering.catalog import (
+    KeyRef,
+    ModelPrice,
+    Policy,
+    account_plan_code,
+    api_key_ref,
+    model_price,
+    plan_closed_rps,
+    pricing_policy,
+)
+from metering.exceptions import (
+    AccountSuspended,
+    ConcurrencyLimit,
+    HoldClosed,
+    HoldNotFound,
+    ModelSizeLocked,
+    RateLimited,
+    UsageMismatch,
+)
+from metering.models import Hold, InferenceModel, SizeClass, UsageRecord
+from metering.pricing import (
+    billed_seconds_for,
+    closed_charge_from_cost,
+    open_charge,
+    token_cost,
+)
+from ratelimits.models import Tier
+from ratelimits.services import account_tier_refresh
 
 
 class ModelNotFound(ApplicationError):
@@ -43,3 +94,511 @@ def model_upsert(*, model_id: str, kind: str, params_b: Decimal | None = None,
         id=model_id, defaults={**values, "updated_at": now}, create_defaults={
             **values, "created_at": now, "updated_at": now})
     return model, created
+
+
+# --- The run path ---------------------------------------------------------------------------
+#
+# Authorize is TigerBeetle's pending transfer: one conditional statement reserves money and
+# slots and inserts the hold (metering/sql.py). Only when it refuses does the slow path run:
+# lock the account, bring it up to date (record expired credit, recompute a stale tier,
+# expire lapsed holds), then try the same statement again or name the reason.
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    hold_id: UUID
+    account_id: UUID
+    reserved_nanos: int
+    lease_expires_at: datetime
+    balance_nanos: int
+    held_nanos: int
+    slots_in_use: int
+    tier_name: str | None
+    tier_max_params_b: Decimal
+    tier_concurrency: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What an authorize asks for, priced before any database work."""
+
+    key: KeyRef
+    model: ModelPrice
+    request_id: str
+    byok: bool
+    reserve_nanos: int
+    weight: int
+    policy: Policy
+
+
+def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
+                       estimate_seconds: Decimal | None, estimate_input_tokens: int | None,
+                       estimate_max_output_tokens: int | None) -> int:
+    if model.kind == InferenceModel.Kind.OPEN:
+        seconds = policy.default_estimate_seconds if estimate_seconds is None \
+            else estimate_seconds
+        return open_charge(billed_seconds=billed_seconds_for(Decimal(seconds)),
+                           nanos_per_second=model.nanos_per_second)
+    if byok:
+        return policy.byok_fee_nanos
+    cost = token_cost(
+        input_tokens=policy.default_estimate_input_tokens if estimate_input_tokens is None
+        else estimate_input_tokens,
+        output_tokens=policy.default_estimate_output_tokens
+        if estimate_max_output_tokens is None else estimate_max_output_tokens,
+        input_nanos_per_mtok=model.input_nanos_per_mtok,
+        output_nanos_per_mtok=model.output_nanos_per_mtok)
+    return closed_charge_from_cost(provider_cost=cost,
+                                   fee_ppm=policy.platform_fee_ppm).total_nanos
+
+
+def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
+                    lease_expires_at: datetime) -> dict:
+    model, policy = reservation.model, reservation.policy
+    return {
+        "hold_id": sql.db_uuid(hold_id), "account_id": sql.db_uuid(reservation.key.account_id),
+        "key_id": sql.db_uuid(reservation.key.key_id), "model_id": model.id,
+        "request_id": reservation.request_id, "kind": model.kind, "byok": reservation.byok,
+        "reserve": reservation.reserve_nanos, "weight": reservation.weight,
+        "class_params_b": model.class_params_b, "nanos_per_second": model.nanos_per_second,
+        "input_nanos_per_mtok": model.input_nanos_per_mtok,
+        "output_nanos_per_mtok": model.output_nanos_per_mtok,
+        "platform_fee_ppm": policy.platform_fee_ppm if model.kind == "closed" else 0,
+        "byok_fee_nanos": policy.byok_fee_nanos if reservation.byok else 0,
+        "now": sql.db_datetime(now), "lease_expires_at": sql.db_datetime(lease_expires_at),
+    }
+
+
+def _try_reserve(*, reservation: Reservation, now: datetime) -> Authorization | None:
+    hold_id = uuid.uuid4()
+    lease_expires_at = now + settings.HOLD_LEASE
+    row = sql.authorize_reserve(_reserve_params(reservation=reservation, hold_id=hold_id,
+                                                now=now, lease_expires_at=lease_expires_at))
+    if row is None:
+        return None
+    balance, held, slots, max_params_b, concurrency, tier_name = row
+    return Authorization(hold_id=hold_id, account_id=reservation.key.account_id,
+                         reserved_nanos=reservation.reserve_nanos,
+                         lease_expires_at=lease_expires_at, balance_nanos=balance,
+                         held_nanos=held, slots_in_use=slots, tier_name=tier_name,
+                         tier_max_params_b=Decimal(max_params_b), tier_concurrency=concurrency)
+
+
+def _replay(*, hold: Hold, account: Account) -> Authorization:
+    """The same request_id again: the first hold, never a second reservation."""
+    return Authorization(hold_id=hold.id, account_id=account.id,
+                         reserved_nanos=hold.reserved_nanos,
+                         lease_expires_at=hold.lease_expires_at,
+                         balance_nanos=account.balance_nanos, held_nanos=account.held_nanos,
+                         slots_in_use=account.slots_in_use,
+                         tier_name=account.tier.name if account.tier_id else None,
+                         tier_max_params_b=account.tier_max_params_b,
+                         tier_concurrency=account.tier_concurrency, replayed=True)
+
+
+def holds_expire_locked(*, account: Account, now: datetime) -> int:
+    """Void the locked account's holds whose lease ran out: their money and slots are
+    freed without a charge. Returns how many."""
+    lapsed = list(Hold.objects.filter(account=account, status=Hold.Status.OPEN,
+                                      lease_expires_at__lte=now)
+                  .values_list("id", "reserved_nanos", "weight"))
+    if not lapsed:
+        return 0
+    Hold.objects.filter(id__in=[hold_id for hold_id, _, _ in lapsed]).update(
+        status=Hold.Status.EXPIRED, closed_at=now)
+    held = sum(reserved for _, reserved, _ in lapsed)
+    slots = sum(weight for _, _, weight in lapsed)
+    Account.objects.filter(id=account.id).update(held_nanos=F("held_nanos") - held,
+                                                 slots_in_use=F("slots_in_use") - slots)
+    account.held_nanos -= held
+    account.slots_in_use -= slots
+    return len(lapsed)
+
+
+@transaction.atomic
+def holds_expire(*, account_id: UUID, now: datetime | None = None) -> int:
+    now = now or timezone.now()
+    return holds_expire_locked(account=account_lock(account_id=account_id), now=now)
+
+
+def holds_expire_due_account_ids(*, now: datetime) -> list[UUID]:
+    return list(Hold.objects.filter(status=Hold.Status.OPEN, lease_expires_at__lte=now)
+                .values_list("account_id", flat=True).distinct())
+
+
+def account_bring_current_locked(*, account: Account, now: datetime) -> None:
+    """Everything the fast path assumes, made true for the locked account at `now`."""
+    if account.credit_valid_until <= now:
+        credit_lots_expire(account=account, now=now)
+    if account.tier_valid_until <= now:
+        account_tier_refresh(account=account, now=now)
+    holds_expire_locked(account=account, now=now)
+
+
+@transaction.atomic
+def account_bring_current(*, account_id: UUID, now: datetime | None = None) -> Account:
+    now = now or timezone.now()
+    account = account_lock(account_id=account_id)
+    account_bring_current_locked(account=account, now=now)
+    return account
+
+
+def _required_purchase_nanos(*, params_b: Decimal) -> int | None:
+    tier = (Tier.objects.filter(max_params_b__gte=params_b)
+            .order_by("min_purchased_nanos").first())
+    return tier.min_purchased_nanos if tier else None
+
+
+def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError | None:
+    """Why the locked, current account cannot take this reservation (contract order)."""
+    if account.status != Account.Status.ACTIVE:
+        return AccountSuspended(extra={"reason": account.status_reason}
+                                if account.status_reason else None)
+    model = reservation.model
+    if model.class_params_b > account.tier_max_params_b:
+        required = _required_purchase_nanos(params_b=model.class_params_b)
+        extra = {"model_size_class": model.size_class,
+                 "tier": account.tier.name if account.tier_id else None}
+        if required is not None:
+            extra["required_purchase_usd"] = nanos_to_usd(required)
+            extra["purchased_last_4_weeks_usd"] = nanos_to_usd(account.purchased_window_nanos)
+        return ModelSizeLocked(
+            f"The {model.size_class} size class needs credits purchased in the last 4 weeks "
+            f"of at least ${nanos_to_usd(required or 0)}." if required is not None
+            else "No tier unlocks this model size.", extra=extra)
+    if account.slots_in_use + reservation.weight > account.tier_concurrency:
+        return ConcurrencyLimit(
+            extra={"limit": account.tier_concurrency, "in_use": account.slots_in_use,
+                   "requested": reservation.weight},
+            headers={"Retry-After": "1"})
+    if account.balance_nanos - account.held_nanos < reservation.reserve_nanos:
+        return InsufficientCredit(extra={
+            "reserve_usd": nanos_to_usd(reservation.reserve_nanos),
+            "available_usd": nanos_to_usd(max(0, account.balance_nanos - account.held_nanos)),
+        })
+    return None
+
+
+def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization:
+    with transaction.atomic():
+        account = account_lock(account_id=reservation.key.account_id)
+        existing = Hold.objects.filter(account=account,
+                                       request_id=reservation.request_id).first()
+        if existing is not None:
+            return _replay(hold=existing, account=account)
+        if not ApiKey.objects.filter(id=reservation.key.key_id, revoked_at__isnull=True) \
+                .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists():
+            refusal = InvalidApiKey()
+        else:
+            account_bring_current_locked(account=account, now=now)
+            refusal = _refusal(account=account, reservation=reservation)
+            if refusal is None:
+                authorization = _try_reserve(reservation=reservation, now=now)
+                if authorization is None:  # every rule held a moment ago, under the lock
+                    raise RuntimeError("reservation refused with no rule broken")
+                return authorization
+    # Raised after commit: the bookkeeping above (expiry, lapsed holds) stays done.
+    raise refusal
+
+
+def _closed_rate_limit(*, reservation: Reservation, request) -> None:
+    from django_ratelimit.core import get_usage
+
+    rps = plan_closed_rps(account_plan_code(reservation.key.account_id))
+    if not rps:
+        return
+    usage = get_usage(request, group="closed-model-requests", rate=f"{rps}/s",
+                      key=lambda group, req: str(reservation.key.account_id), increment=True)
+    if usage is not None and usage["should_limit"]:
+        raise RateLimited(extra={"limit_per_second": rps},
+                          headers={"Retry-After": str(max(1, usage["time_left"]))})
+
+
+def hold_authorize(*, api_key: str, model_id: str, request_id: str, byok: bool = False,
+                   auto_scale: bool = False, estimate_seconds: Decimal | None = None,
+                   estimate_input_tokens: int | None = None,
+                   estimate_max_output_tokens: int | None = None, request=None,
+                   now: datetime | None = None) -> Authorization:
+    """May this key run this model now? If so, reserve the money and slots as a hold."""
+    now = now or timezone.now()
+    key = api_key_ref(api_key)
+    if key is None:
+        raise InvalidApiKey()
+    model = model_price(model_id)
+    if model is None:
+        raise ModelNotFound()
+    policy = pricing_policy()
+    byok = byok and model.kind == InferenceModel.Kind.CLOSED
+    reservation = Reservation(
+        key=key, model=model, request_id=request_id, byok=byok, policy=policy,
+        weight=model.weight,
+        reserve_nanos=_reservation_price(
+            model=model, policy=policy, byok=byok, estimate_seconds=estimate_seconds,
+            estimate_input_tokens=estimate_input_tokens,
+            estimate_max_output_tokens=estimate_max_output_tokens))
+    if model.kind == InferenceModel.Kind.CLOSED and not byok:
+        _closed_rate_limit(reservation=reservation, request=request)
+    try:
+        if connection.in_atomic_block:  # keep a caller's transaction usable on a conflict
+            with transaction.atomic():
+                authorization = _try_reserve(reservation=reservation, now=now)
+        else:
+            authorization = _try_reserve(reservation=reservation, now=now)
+    except IntegrityError:
+        authorization = None  # this request_id has a hold already: the slow path returns it
+    if authorization is not None:
+        return authorization
+    try:
+        return _authorize_slow(reservation=reservation, now=now)
+    except ConcurrencyLimit:
+        if not auto_scale or not _auto_scale(account_id=key.account_id, now=now):
+            raise
+    return _authorize_slow(reservation=reservation, now=timezone.now())
+
+
+def _auto_scale(*, account_id: UUID, now: datetime) -> bool:
+    """Buy the credits that unlock the next tier, within the account's limits."""
+    from billing.payments import auto_scale_purchase
+
+    return auto_scale_purchase(account_id=account_id, now=now)
+
+
+# --- Settle, release, heartbeat -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the gateway reports after a run."""
+
+    inference_seconds: Decimal | None = None
+    load_seconds: Decimal | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    provider_cost_nanos: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    total_nanos: int
+    billed_seconds: int | None
+    provider_cost_nanos: int | None
+    revenue: tuple[Leg, ...]  # where the money goes (one or two legs)
+
+
+def _hold_get(hold_id) -> Hold:
+    try:
+        return Hold.objects.get(id=hold_id)
+    except (Hold.DoesNotExist, ValidationError, ValueError, TypeError):
+        raise HoldNotFound() from None
+
+
+def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
+    account_id = hold.account_id
+    if hold.kind == InferenceModel.Kind.OPEN:
+        if usage.inference_seconds is None:
+            raise UsageMismatch(extra={"fields": {"inference_seconds": [
+                "Required to settle an open-model run."]}})
+        seconds = billed_seconds_for(usage.inference_seconds)
+        total = open_charge(billed_seconds=seconds, nanos_per_second=hold.nanos_per_second)
+        return Charge(total, seconds, None, (Leg(Book.OPEN_REVENUE, total, account_id),))
+    if hold.byok:
+        fee = hold.byok_fee_nanos
+        return Charge(fee, None, None, (Leg(Book.BYOK_FEE, fee, account_id),))
+    if usage.provider_cost_nanos is not None:
+        cost = Fraction(usage.provider_cost_nanos)
+    elif usage.input_tokens is not None and usage.output_tokens is not None:
+        cost = token_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                          input_nanos_per_mtok=hold.input_nanos_per_mtok,
+                          output_nanos_per_mtok=hold.output_nanos_per_mtok)
+    else:
+        raise UsageMismatch(extra={"fields": {"provider_cost_usd": [
+            "Send input_tokens and output_tokens, or provider_cost_usd."]}})
+    charge = closed_charge_from_cost(provider_cost=cost, fee_ppm=hold.platform_fee_ppm)
+    return Charge(charge.total_nanos, None, charge.provider_cost_nanos,
+                  (Leg(Book.PROVIDER_PASSTHROUGH, charge.provider_cost_nanos, account_id),
+                   Leg(Book.PLATFORM_FEE, charge.fee_nanos, account_id)))
+
+
+def _settle_result(*, hold: Hold, charge: Charge, balance_nanos: int, held_nanos: int,
+                   unpaid_nanos: int) -> dict:
+    return {
+        "hold_id": str(hold.id), "status": Hold.Status.SETTLED,
+        "charged_usd": nanos_to_usd(charge.total_nanos),
+        "billed_seconds": charge.billed_seconds,
+        "balance_usd": nanos_to_usd(balance_nanos),
+        "available_usd": nanos_to_usd(max(0, balance_nanos - held_nanos)),
+        "unpaid_usd": nanos_to_usd(unpaid_nanos),
+    }
+
+
+def _settle_write_portable(*, hold: Hold, charge: Charge, usage: Usage, release_held: int,
+                           release_slots: int, result: dict, unpaid_nanos: int,
+                           now: datetime) -> int | None:
+    """The settle's writes through the ORM, for databases other than PostgreSQL; the
+    PostgreSQL statement in metering/sql.py does exactly this in one round trip. Returns
+    the credit covered, or None when the hold was no longer in the status read."""
+    updated = Hold.objects.filter(id=hold.id, status=hold.status).update(
+        status=Hold.Status.SETTLED, closed_at=now, charged_nanos=charge.total_nanos,
+        settle_result=result)
+    if not updated:
+        return None
+    account = account_lock(account_id=hold.account_id)
+    consumed = credit_consume(account=account, amount_nanos=charge.total_nanos, now=now)
+    legs = [*consumed.legs, *charge.revenue]
+    if consumed.shortfall_nanos:
+        legs.append(Leg(Book.CUSTOMER_RECEIVABLE, -consumed.shortfall_nanos, account.id))
+    ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
+                memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
+    Account.objects.filter(id=account.id).update(
+        held_nanos=F("held_nanos") - release_held, slots_in_use=F("slots_in_use") - release_slots)
+    account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
+                          receivable_delta=consumed.shortfall_nanos)
+    _usage_record_create(hold=hold, charge=charge, usage=usage,
+                         unpaid_nanos=consumed.shortfall_nanos, now=now)
+    if consumed.shortfall_nanos != unpaid_nanos:
+        raise RuntimeError("credit covered differs from what was read under the lock")
+    return consumed.covered_nanos
+
+
+def _usage_record_create(*, hold: Hold, charge: Charge, usage: Usage, unpaid_nanos: int,
+                         now: datetime) -> None:
+    UsageRecord.objects.create(
+        hold=hold, account_id=hold.account_id, api_key_id=hold.api_key_id,
+        model_id=hold.model_id, kind=hold.kind, byok=hold.byok,
+        inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
+        billed_seconds=charge.billed_seconds, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, provider_cost_nanos=charge.provider_cost_nanos,
+        charged_nanos=charge.total_nanos, unpaid_nanos=unpaid_nanos, created_at=now)
+
+
+def _settle_write_postgresql(*, hold: Hold, charge: Charge, usage: Usage, release_held: int,
+                             release_slots: int, result: dict, unpaid_nanos: int,
+                             now: datetime) -> int | None:
+    revenue = [*charge.revenue, Leg(Book.OPEN_REVENUE, 0)][:2]
+    return sql.settle_write_postgresql({
+        "hold_id": hold.id, "status_before": hold.status, "account_id": hold.account_id,
+        "key_id": hold.api_key_id, "model_id": hold.model_id, "kind": hold.kind,
+        "byok": hold.byok, "now": now, "charge": charge.total_nanos,
+        "result": json.dumps(result), "release_held": release_held,
+        "release_slots": release_slots, "memo": f"{hold.model_id} run {hold.request_id}"[:255],
+        "book_1": revenue[0].book, "amount_1": revenue[0].amount_nanos,
+        "book_2": revenue[1].book, "amount_2": revenue[1].amount_nanos,
+        "inference_seconds": usage.inference_seconds, "load_seconds": usage.load_seconds,
+        "billed_seconds": charge.billed_seconds, "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens, "provider_cost_nanos": charge.provider_cost_nanos,
+        "unpaid": unpaid_nanos,
+    })
+
+
+def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
+    """Charge the run's actual usage (possibly more or less than reserved), free its slot,
+    consume credit soonest-expiring first and record the usage. Settling again returns the
+    first result and charges nothing more."""
+    now = now or timezone.now()
+    hold_uuid = _hold_uuid(hold_id)
+    with transaction.atomic():
+        # Locks the hold's account and reads the hold in one round trip. Only the hold's
+        # status can be stale here; the write re-checks it.
+        locked = sql.settle_lock_and_read(hold_id=hold_uuid)
+        if locked is None:
+            raise HoldNotFound()
+        hold, balance, held, credit_valid_until, threshold = locked
+        for _ in range(2):
+            if hold.status == Hold.Status.SETTLED:
+                return hold.settle_result
+            lease_lapsed = hold.lease_expires_at <= now
+            if hold.status == Hold.Status.RELEASED or (
+                    (hold.status == Hold.Status.EXPIRED or lease_lapsed)
+                    and now > hold.lease_expires_at + settings.LATE_SETTLE_WINDOW):
+                status = Hold.Status.EXPIRED if hold.status == Hold.Status.OPEN \
+                    else hold.status
+                raise HoldClosed(extra={"hold_status": status})
+            charge = _charge_for(hold=hold, usage=usage)
+            # An open hold still holds its money and slots (even when its lease lapsed and
+            # no sweep has run yet); an expired one gave them back already.
+            is_open = hold.status == Hold.Status.OPEN
+            release_held = hold.reserved_nanos if is_open else 0
+            release_slots = hold.weight if is_open else 0
+            live = balance if credit_valid_until > now else _live_credit(
+                account_id=hold.account_id, now=now)
+            covered = min(charge.total_nanos, live)
+            unpaid = charge.total_nanos - covered
+            result = _settle_result(hold=hold, charge=charge, balance_nanos=balance - covered,
+                                    held_nanos=held - release_held, unpaid_nanos=unpaid)
+            write = _settle_write_postgresql if sql.is_postgresql() else _settle_write_portable
+            written = write(hold=hold, charge=charge, usage=usage, release_held=release_held,
+                            release_slots=release_slots, result=result, unpaid_nanos=unpaid,
+                            now=now)
+            if written is not None:
+                break
+            # The status we read was stale: another call settled, released or expired the
+            # hold just before we got the lock. Read it again, current now, and decide anew.
+            hold = Hold.objects.get(id=hold_uuid)
+        else:
+            raise RuntimeError("hold status kept changing under the account lock")
+        if written != covered:
+            raise RuntimeError(f"settle covered {written} nanos, expected {covered}")
+        if threshold is not None:
+            low_balance_record(
+                account=Account(id=hold.account_id, auto_reload_threshold_nanos=threshold,
+                                balance_nanos=balance - covered),
+                balance_before_nanos=balance, now=now)
+    return result
+
+
+def _hold_uuid(hold_id) -> UUID:
+    try:
+        return hold_id if isinstance(hold_id, UUID) else UUID(str(hold_id))
+    except ValueError:
+        raise HoldNotFound() from None
+
+
+def _hold_settled_result(*, hold_id: UUID) -> dict:
+    hold = Hold.objects.get(id=hold_id)
+    if hold.status != Hold.Status.SETTLED:
+        raise HoldClosed(extra={"hold_status": hold.status})
+    return hold.settle_result
+
+
+def _live_credit(*, account_id: UUID, now: datetime) -> int:
+    """Unexpired credit, when some lot expired and its expiry is not yet recorded."""
+    return CreditLot.objects.filter(account_id=account_id, remaining_nanos__gt=0,
+                                    expires_at__gt=now).aggregate(
+        total=Coalesce(Sum("remaining_nanos"), 0))["total"]
+
+
+def hold_release(*, hold_id, now: datetime | None = None) -> dict:
+    """The run did not happen: nothing is charged and the slot is freed. Idempotent."""
+    now = now or timezone.now()
+    hold_uuid = _hold_uuid(hold_id)
+    with transaction.atomic():
+        locked = sql.settle_lock_and_read(hold_id=hold_uuid)
+        if locked is None:
+            raise HoldNotFound()
+        hold = Hold.objects.get(id=hold_uuid)  # current: the account is locked
+        if hold.status == Hold.Status.SETTLED:
+            raise HoldClosed("The hold is settled; it cannot be released.",
+                             extra={"hold_status": hold.status})
+        if hold.status != Hold.Status.RELEASED:
+            Hold.objects.filter(id=hold.id).update(status=Hold.Status.RELEASED, closed_at=now)
+            if hold.status == Hold.Status.OPEN:
+                Account.objects.filter(id=hold.account_id).update(
+                    held_nanos=F("held_nanos") - hold.reserved_nanos,
+                    slots_in_use=F("slots_in_use") - hold.weight)
+    return {"hold_id": str(hold.id), "status": Hold.Status.RELEASED, "charged_usd": "0"}
+
+
+def hold_heartbeat(*, hold_id, now: datetime | None = None) -> dict:
+    """Extend the lease of a long run. A hold whose lease already ran out stays expired."""
+    now = now or timezone.now()
+    hold_uuid = _hold_uuid(hold_id)
+    lease_expires_at = now + settings.HOLD_LEASE
+    updated = Hold.objects.filter(id=hold_uuid, status=Hold.Status.OPEN,
+                                  lease_expires_at__gt=now).update(
+        lease_expires_at=lease_expires_at)
+    if not updated:
+        hold = _hold_get(hold_uuid)
+        status = Hold.Status.EXPIRED if hold.status == Hold.Status.OPEN else hold.status
+        raise HoldClosed(extra={"hold_status": status})
+    return {"hold_id": str(hold_uuid), "lease_expires_at": lease_expires_at}
