@@ -4,8 +4,11 @@ half up, to the nano-dollar."""
 
 import re
 from fractions import Fraction
+from typing import Annotated
 
 from drf_spectacular.utils import extend_schema_field
+from pydantic import AfterValidator, Field, Strict
+from pydantic_core import PydanticCustomError
 from rest_framework import serializers
 
 NANOS_PER_USD = 10**9
@@ -92,3 +95,22 @@ class MoneyField(serializers.Field):
 
     def to_representation(self, value: int) -> str:
         return nanos_to_usd(value)
+
+
+def _pydantic_usd_nanos(text: str) -> int:
+    try:
+        nanos = usd_to_nanos(text)
+    except MoneyFormatError as exc:
+        raise PydanticCustomError("money", str(exc)) from None
+    if nanos < 0:
+        raise PydanticCustomError("money", "Must not be negative.")
+    if nanos > MAX_AMOUNT_NANOS:
+        raise PydanticCustomError("money", "Must be at most {max_usd}.",
+                                  {"max_usd": nanos_to_usd(MAX_AMOUNT_NANOS)})
+    return nanos
+
+
+# For pydantic models: a decimal-string USD amount (zero allowed), parsed to nanos.
+UsdNanos = Annotated[str, Strict(), AfterValidator(_pydantic_usd_nanos),
+                     Field(json_schema_extra={"pattern": r"^\d+(\.\d{1,9})?$",
+                                              "examples": ["10.00"]})]

@@ -1,14 +1,17 @@
 import re
 from decimal import Decimal
+from typing import Annotated
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from django.http import JsonResponse
+from drf_spectacular.utils import extend_schema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
-from billing.money import MoneyField, nanos_to_usd
-from config.api import InternalApi
+from billing.money import MoneyField, UsdNanos, nanos_to_usd
+from config.api import InternalApi, LeanInternalApi
 from metering.models import InferenceModel
 from metering.selectors import model_get, size_class_for
 from metering.services import (
@@ -89,52 +92,27 @@ class ModelDetailApi(InternalApi):
 
 
 # --- The run path ---------------------------------------------------------------------------
+# The gateway's calls, on the lean base: pydantic models validate the JSON bodies.
 
-
-class StrictBooleanField(serializers.BooleanField):
-    """A JSON true/false: not "yes", not 1."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool):
-            return data
-        self.fail("invalid", input=data)
-
-
-MAX_ESTIMATE_SECONDS = Decimal(30 * 24 * 3600)
+MAX_SECONDS = 30 * 24 * 3600
 MAX_TOKENS = 10**9
 
-
-@extend_schema_field(OpenApiTypes.NUMBER)
-class SecondsField(serializers.Field):
-    """A duration in seconds: a non-negative JSON number, any precision."""
-
-    default_error_messages = {
-        "invalid": "Must be a number of seconds.",
-        "negative": "Must not be negative.",
-        "too_large": f"Must be at most {MAX_ESTIMATE_SECONDS} seconds.",
-    }
-
-    def to_internal_value(self, data) -> Decimal:
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        value = Decimal(repr(data)) if isinstance(data, float) else Decimal(data)
-        if not value.is_finite():
-            self.fail("invalid")
-        if value < 0:
-            self.fail("negative")
-        if value > MAX_ESTIMATE_SECONDS:
-            self.fail("too_large")
-        return value
-
-    def to_representation(self, value):
-        return float(value)
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-class EstimateInputSerializer(serializers.Serializer):
-    seconds = SecondsField(required=False)
-    input_tokens = serializers.IntegerField(required=False, min_value=0, max_value=MAX_TOKENS)
-    max_output_tokens = serializers.IntegerField(required=False, min_value=0,
-                                                 max_value=MAX_TOKENS)
+def as_decimal(seconds: float | None) -> Decimal | None:
+    """A JSON number as the exact decimal it was written as (12.01, not 12.0099999...)."""
+    return None if seconds is None else Decimal(repr(seconds))
+
+
+class Estimate(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    seconds: Seconds | None = None
+    input_tokens: Tokens | None = None
+    max_output_tokens: Tokens | None = None
 
 
 def authorization_output(authorization) -> dict:
@@ -142,8 +120,7 @@ def authorization_output(authorization) -> dict:
         "hold_id": str(authorization.hold_id),
         "account_id": str(authorization.account_id),
         "reserved_usd": nanos_to_usd(authorization.reserved_nanos),
-        "lease_expires_at": serializers.DateTimeField().to_representation(
-            authorization.lease_expires_at),
+        "lease_expires_at": iso_datetime(authorization.lease_expires_at),
         "balance_usd": nanos_to_usd(authorization.balance_nanos),
         "available_usd": nanos_to_usd(max(0, authorization.balance_nanos
                                           - authorization.held_nanos)),
@@ -155,84 +132,122 @@ def authorization_output(authorization) -> dict:
     }
 
 
-class HoldAuthorizeApi(InternalApi):
+def iso_datetime(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+class TierOutput(BaseModel):
+    name: str | None
+    max_params_b: float
+    concurrency: int
+
+
+class ConcurrencyOutput(BaseModel):
+    in_use: int
+    limit: int
+
+
+class HoldAuthorizeApi(LeanInternalApi):
     """Before a run: may this key run this model now? Reserves money and slots."""
 
-    class InputSerializer(serializers.Serializer):
-        api_key = serializers.CharField(max_length=200, trim_whitespace=False)
-        model = serializers.CharField(max_length=200)
-        request_id = serializers.CharField(max_length=200)
-        byok = StrictBooleanField(required=False, default=False)
-        auto_scale = StrictBooleanField(required=False, default=False)
-        estimate = EstimateInputSerializer(required=False, allow_null=True, default=None)
+    class AuthorizeInput(BaseModel):
+        model_config = ConfigDict(strict=True, extra="ignore")
 
-    @extend_schema(request=InputSerializer, responses={200: dict},
+        api_key: Text
+        model: Text
+        request_id: Text
+        byok: bool = False
+        auto_scale: bool = False
+        estimate: Estimate | None = None
+
+    class AuthorizeOutput(BaseModel):
+        hold_id: str
+        account_id: str
+        reserved_usd: str
+        lease_expires_at: str
+        balance_usd: str
+        available_usd: str
+        tier: TierOutput
+        concurrency: ConcurrencyOutput
+
+    @extend_schema(request=AuthorizeInput, responses={200: AuthorizeOutput},
                    summary="Authorize a run (reserve a hold)")
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        estimate = values["estimate"] or {}
+        data = self.AuthorizeInput.model_validate_json(request.body)
+        estimate = data.estimate or Estimate()
         authorization = hold_authorize(
-            api_key=values["api_key"], model_id=values["model"],
-            request_id=values["request_id"], byok=values["byok"],
-            auto_scale=values["auto_scale"], estimate_seconds=estimate.get("seconds"),
-            estimate_input_tokens=estimate.get("input_tokens"),
-            estimate_max_output_tokens=estimate.get("max_output_tokens"), request=request)
-        return Response(authorization_output(authorization))
+            api_key=data.api_key, model_id=data.model, request_id=data.request_id,
+            byok=data.byok, auto_scale=data.auto_scale,
+            estimate_seconds=as_decimal(estimate.seconds),
+            estimate_input_tokens=estimate.input_tokens,
+            estimate_max_output_tokens=estimate.max_output_tokens, request=request)
+        return JsonResponse(authorization_output(authorization))
 
 
-class HoldSettleApi(InternalApi):
+class HoldSettleApi(LeanInternalApi):
     """After a run: charge what it used."""
 
-    class InputSerializer(serializers.Serializer):
-        inference_seconds = SecondsField(required=False)
-        load_seconds = SecondsField(required=False)
-        input_tokens = serializers.IntegerField(required=False, min_value=0,
-                                                max_value=MAX_TOKENS)
-        output_tokens = serializers.IntegerField(required=False, min_value=0,
-                                                 max_value=MAX_TOKENS)
-        provider_cost_usd = MoneyField(required=False, positive=False)
+    class SettleInput(BaseModel):
+        model_config = ConfigDict(strict=True, extra="ignore")
 
-        def validate(self, attrs):
-            if ("input_tokens" in attrs) != ("output_tokens" in attrs):
-                missing = "output_tokens" if "input_tokens" in attrs else "input_tokens"
-                raise serializers.ValidationError({missing: ["Send both token counts."]})
-            return attrs
+        inference_seconds: Seconds | None = None
+        load_seconds: Seconds | None = None
+        input_tokens: Tokens | None = None
+        output_tokens: Tokens | None = None
+        provider_cost_usd: UsdNanos | None = None
 
-    @extend_schema(request=InputSerializer, responses={200: dict}, summary="Settle a hold")
+        @model_validator(mode="after")
+        def both_token_counts(self):
+            if (self.input_tokens is None) != (self.output_tokens is None):
+                raise PydanticCustomError("tokens", "Send both input_tokens and output_tokens.")
+            return self
+
+    class SettleOutput(BaseModel):
+        hold_id: str
+        status: str
+        charged_usd: str
+        billed_seconds: int | None
+        balance_usd: str
+        available_usd: str
+        unpaid_usd: str
+
+    @extend_schema(request=SettleInput, responses={200: SettleOutput}, summary="Settle a hold")
     def post(self, request, hold_id):
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
+        data = self.SettleInput.model_validate_json(request.body)
         result = hold_settle(hold_id=hold_id, usage=Usage(
-            inference_seconds=values.get("inference_seconds"),
-            load_seconds=values.get("load_seconds"),
-            input_tokens=values.get("input_tokens"), output_tokens=values.get("output_tokens"),
-            provider_cost_nanos=values.get("provider_cost_usd")))
-        return Response(result)
+            inference_seconds=as_decimal(data.inference_seconds),
+            load_seconds=as_decimal(data.load_seconds),
+            input_tokens=data.input_tokens, output_tokens=data.output_tokens,
+            provider_cost_nanos=data.provider_cost_usd))
+        return JsonResponse(result)
 
 
-class EmptyInputSerializer(serializers.Serializer):
-    pass
+class EmptyInput(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
 
-class HoldReleaseApi(InternalApi):
-    @extend_schema(request=EmptyInputSerializer, responses={200: dict},
+class HoldReleaseApi(LeanInternalApi):
+    class ReleaseOutput(BaseModel):
+        hold_id: str
+        status: str
+        charged_usd: str
+
+    @extend_schema(request=EmptyInput, responses={200: ReleaseOutput},
                    summary="Release a hold: the run did not happen")
     def post(self, request, hold_id):
-        if not isinstance(request.data, dict):
-            raise serializers.ValidationError(["Send a JSON object."])
-        return Response(hold_release(hold_id=hold_id))
+        EmptyInput.model_validate_json(request.body or b"{}")
+        return JsonResponse(hold_release(hold_id=hold_id))
 
 
-class HoldHeartbeatApi(InternalApi):
-    @extend_schema(request=EmptyInputSerializer, responses={200: dict},
+class HoldHeartbeatApi(LeanInternalApi):
+    class HeartbeatOutput(BaseModel):
+        hold_id: str
+        lease_expires_at: str
+
+    @extend_schema(request=EmptyInput, responses={200: HeartbeatOutput},
                    summary="Extend the lease of a long run")
     def post(self, request, hold_id):
-        if not isinstance(request.data, dict):
-            raise serializers.ValidationError(["Send a JSON object."])
+        EmptyInput.model_validate_json(request.body or b"{}")
         result = hold_heartbeat(hold_id=hold_id)
-        result["lease_expires_at"] = serializers.DateTimeField().to_representation(
-            result["lease_expires_at"])
-        return Response(result)
+        return JsonResponse({**result,
+                             "lease_expires_at": iso_datetime(result["lease_expires_at"])})
