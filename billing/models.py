@@ -43,8 +43,10 @@ class CreditLot(models.Model):
         STAFF_GRANT = "staff_grant"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Lookups by account use the (account, grant_key) constraint's index: every settle
+    # rewrites a lot's index entries, so the lot carries no more indexes than it needs.
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
-                                related_name="credit_lots")
+                                related_name="credit_lots", db_index=False)
     source = models.CharField(max_length=16, choices=Source.choices)
     amount_nanos = models.BigIntegerField()
     remaining_nanos = models.BigIntegerField()
@@ -130,7 +132,7 @@ class LedgerTransaction(models.Model):
         ADJUSTMENT = "adjustment"
 
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, null=True,
-                                related_name="ledger_transactions")
+                                related_name="ledger_transactions", db_index=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     memo = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -164,9 +166,11 @@ class LedgerEntry(models.Model):
     transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT,
                                     related_name="entries")
     book = models.CharField(max_length=24, choices=Book.choices)
+    # Indexed by (account, book) below; lots are looked up through their account.
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, null=True,
-                                related_name="+")
-    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, null=True, related_name="+")
+                                related_name="+", db_index=False)
+    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, null=True, related_name="+",
+                            db_index=False)
     amount_nanos = models.BigIntegerField()
 
     class Meta:

@@ -85,9 +85,16 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600)
+            DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+            conn_health_checks=True,
         )
     }
+    # psycopg prepares a server-side-bound statement after this many executions on a
+    # connection: the run path's statements are then planned once, not on every call.
+    # 0 disables it (e.g. behind a transaction-pooling proxy without prepared statements).
+    _prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5)
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+        _prepare_threshold or None)
 else:
     DATABASES = {
         "default": {

@@ -106,12 +106,17 @@ class Hold(models.Model):
         RELEASED = "released"
         EXPIRED = "expired"
 
+    # Every authorize inserts a hold: it carries only the indexes its reads need (the
+    # account's are served by the (account, request_id) constraint). Keys and models are
+    # never deleted, so their references are not foreign-key constraints: a constraint
+    # would take a share lock on the same key and model rows from every concurrent run.
     id = models.UUIDField(primary_key=True, editable=False)
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
-                                related_name="holds")
+                                related_name="holds", db_index=False)
     api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT,
-                                related_name="holds")
-    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="holds")
+                                related_name="holds", db_index=False, db_constraint=False)
+    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="holds",
+                              db_index=False, db_constraint=False)
     request_id = models.CharField(max_length=200)
     kind = models.CharField(max_length=8, choices=InferenceModel.Kind.choices)
     byok = models.BooleanField(default=False)
@@ -142,8 +147,6 @@ class Hold(models.Model):
                                    name="hold_weight_non_negative"),
         ]
         indexes = [
-            models.Index(fields=["account", "lease_expires_at"],
-                         condition=models.Q(status="open"), name="hold_open_lease_idx"),
             models.Index(fields=["lease_expires_at"], condition=models.Q(status="open"),
                          name="hold_open_sweep_idx"),
         ]
@@ -155,11 +158,14 @@ class Hold(models.Model):
 class UsageRecord(models.Model):
     """What one settled run used and was charged; the dashboard's usage comes from here."""
 
+    # Written by every settle: indexes and constraints as lean as on Hold.
     hold = models.OneToOneField(Hold, on_delete=models.PROTECT, related_name="usage")
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
-                                related_name="usage_records")
-    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT, related_name="+")
-    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="+")
+                                related_name="usage_records", db_index=False)
+    api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT, related_name="+",
+                                db_index=False, db_constraint=False)
+    model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="+",
+                              db_index=False, db_constraint=False)
     kind = models.CharField(max_length=8, choices=InferenceModel.Kind.choices)
     byok = models.BooleanField(default=False)
     inference_seconds = models.DecimalField(max_digits=14, decimal_places=3, null=True)

@@ -7,12 +7,11 @@ Settle's write is one CTE on PostgreSQL, run after the account row is locked so 
 everything it reads is current; other databases take the portable path in services.py.
 """
 
-from datetime import UTC
+from contextlib import contextmanager
 from uuid import UUID
 
+import psycopg
 from django.db import connection, transaction
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from accounts.models import FAR_FUTURE
 
@@ -63,6 +62,29 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+@contextmanager
+def pipelined():
+    """On PostgreSQL, send statements without waiting for each answer until a result is
+    needed (psycopg's pipeline mode): a transaction's BEGIN travels with its first
+    statement instead of costing a round trip of its own."""
+    if not is_postgresql():
+        yield
+        return
+    connection.ensure_connection()
+    with connection.connection.pipeline():
+        yield
+
+
+def hot_cursor():
+    """A cursor for the run path's statements. On PostgreSQL it binds parameters on the
+    server, so psycopg prepares each statement once per connection and the server stops
+    re-planning the long CTEs on every call (planning cost more than executing)."""
+    if not is_postgresql():
+        return connection.cursor()
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
 def db_uuid(value: UUID):
     return value if connection.features.has_native_uuid_field else value.hex
 
@@ -76,7 +98,7 @@ def authorize_reserve(params: dict) -> tuple | None:
     tier_max_params_b, tier_concurrency, tier_name), or None when a rule failed.
     Raises IntegrityError when the account already has a hold for this request_id."""
     if is_postgresql():
-        with connection.cursor() as cursor:
+        with hot_cursor() as cursor:
             cursor.execute(AUTHORIZE_PG, params)
             return cursor.fetchone()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -90,42 +112,45 @@ def authorize_reserve(params: dict) -> tuple | None:
         return (*row[:3], row[4], row[5], tier[0] if tier else None)
 
 
-HOLD_FIELDS = ("id", "account_id", "api_key_id", "model_id", "request_id", "kind", "byok",
+HOLD_ATTRIBUTES = ("id", "account_id", "api_key_id", "model_id", "request_id", "kind", "byok",
                "status", "reserved_nanos", "weight", "nanos_per_second",
                "input_nanos_per_mtok", "output_nanos_per_mtok", "platform_fee_ppm",
                "byok_fee_nanos", "created_at", "lease_expires_at", "settle_result")
 
 LOCK_ACCOUNT_READ_HOLD_SQL = f"""
-SELECT {", ".join(f"h.{name}" for name in HOLD_FIELDS)},
+SELECT {", ".join(f"h.{name}" for name in HOLD_ATTRIBUTES)},
        a.balance_nanos, a.held_nanos, a.credit_valid_until, a.auto_reload_threshold_nanos
   FROM metering_hold h JOIN accounts_account a ON a.id = h.account_id
  WHERE h.id = %(hold_id)s
+   FOR UPDATE OF a
 """
 
 
 def settle_lock_and_read(*, hold_id: UUID):
-    """Lock the hold's account and read the hold in one statement. Returns (hold,
-    balance, held, credit_valid_until, auto_reload_threshold) or None for no such hold.
-    The hold's status may be stale (read before the lock was granted); every other field
-    of a hold never changes after authorize, except the lease (heartbeat)."""
+    """Lock the hold's account and read the hold. Returns (hold, balance, held,
+    credit_valid_until, auto_reload_threshold) or None for no such hold.
+
+    On PostgreSQL this is one statement; the hold's status may then be stale (read before
+    the lock was granted), which the settle statement re-checks. Every other field of a
+    hold never changes after authorize, except the lease (heartbeat)."""
+    from accounts.models import Account
     from metering.models import Hold
 
-    query = LOCK_ACCOUNT_READ_HOLD_SQL + (" FOR UPDATE OF a" if is_postgresql() else "")
-    hold = next(iter(Hold.objects.raw(query, {"hold_id": db_uuid(hold_id)})), None)
-    if hold is None:
+    if not is_postgresql():
+        hold = Hold.objects.filter(id=hold_id).first()
+        if hold is None:
+            return None
+        account = Account.objects.select_for_update().get(id=hold.account_id)
+        return (hold, account.balance_nanos, account.held_nanos, account.credit_valid_until,
+                account.auto_reload_threshold_nanos)
+    with hot_cursor() as cursor:
+        cursor.execute(LOCK_ACCOUNT_READ_HOLD_SQL, {"hold_id": hold_id})
+        row = cursor.fetchone()
+    if row is None:
         return None
-    credit_valid_until = hold.credit_valid_until
-    if isinstance(credit_valid_until, str):
-        credit_valid_until = parse_datetime(credit_valid_until)
-    if timezone.is_naive(credit_valid_until):  # SQLite keeps naive UTC
-        credit_valid_until = timezone.make_aware(credit_valid_until, UTC)
-    return (hold, hold.balance_nanos, hold.held_nanos, credit_valid_until,
-            hold.auto_reload_threshold_nanos)
+    hold = Hold(**dict(zip(HOLD_ATTRIBUTES, row, strict=False)))
+    return (hold, *row[len(HOLD_ATTRIBUTES):])
 
-LIVE_CREDIT_SQL = """
-SELECT COALESCE(SUM(remaining_nanos), 0) FROM billing_creditlot
- WHERE account_id = %(account_id)s AND remaining_nanos > 0 AND expires_at > %(now)s
-"""
 
 SETTLE_PG = """
 WITH hold_upd AS (
@@ -203,7 +228,7 @@ def settle_write_postgresql(params: dict) -> int | None:
     """Post a settle inside the caller's transaction, the account row already locked.
     Returns the credit covered, or None when the hold was no longer in the expected
     status."""
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(SETTLE_PG, {**params, "far_future": FAR_FUTURE})
         row = cursor.fetchone()
     return None if row is None else row[0]
