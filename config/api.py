@@ -67,13 +67,19 @@ def _field_errors(detail) -> dict[str, list[str]]:
 
 def exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
+        extra = exc.extra
+        if exc.status == 400 and "fields" not in extra:
+            # The contract's 400 always says why in "fields".
+            extra = {**extra, "fields": {"non_field_errors": [exc.message]}}
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers,
-                              **exc.extra)
+                              **extra)
     if isinstance(exc, exceptions.ValidationError):
         return error_response(400, "invalid_request", "The request is invalid.",
                               fields=_field_errors(exc.detail))
     if isinstance(exc, exceptions.ParseError):
-        return error_response(400, "invalid_request", f"Malformed JSON: {exc.detail}")
+        message = f"Malformed JSON: {exc.detail}"
+        return error_response(400, "invalid_request", message,
+                              fields={"non_field_errors": [message]})
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return error_response(415, "unsupported_media_type",
                               "Send the body as application/json.")
