@@ -13,7 +13,7 @@ from accounts.services import (
     api_key_create,
     api_key_revoke,
 )
-from config.api import InternalApi
+from config.api import InternalApi, JsonStringField
 
 
 class AccountCreateApi(InternalApi):
@@ -42,7 +42,7 @@ class AccountCreateApi(InternalApi):
 class AccountDetailApi(InternalApi):
     class UpdateInputSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Account.Status.choices)
-        reason = serializers.CharField(max_length=255, required=False, allow_blank=True,
+        reason = JsonStringField(max_length=255, required=False, allow_blank=True,
                                        default="")
 
     @extend_schema(responses=AccountOutputSerializer, summary="Read an account")
@@ -63,7 +63,7 @@ class AccountDetailApi(InternalApi):
 
 class ApiKeyCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=100)
+        name = JsonStringField(max_length=100)
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):

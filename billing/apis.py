@@ -8,7 +8,7 @@ from billing.ledger import Book
 from billing.models import Purchase
 from billing.money import MoneyField
 from billing.services import credit_grant, purchase_record
-from config.api import InternalApi
+from config.api import InternalApi, JsonStringField
 
 
 class PurchaseCreateApi(InternalApi):
@@ -16,7 +16,7 @@ class PurchaseCreateApi(InternalApi):
 
     class InputSerializer(serializers.Serializer):
         amount_usd = MoneyField()
-        reference = serializers.CharField(max_length=255)
+        reference = JsonStringField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         purchase_id = serializers.CharField(source="id")
@@ -44,7 +44,7 @@ class PurchaseCreateApi(InternalApi):
 class GrantCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         amount_usd = MoneyField()
-        reason = serializers.CharField(max_length=255)
+        reason = JsonStringField(max_length=255)
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):

@@ -9,7 +9,9 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -100,6 +102,30 @@ def exception_handler(exc, context):
 
 def json_not_found(request, *args, **kwargs):
     return JsonResponse(error_body(404, "not_found", "No such endpoint."), status=404)
+
+
+# --- Input fields: the JSON types the contract writes -------------------------------------
+
+
+class JsonStringField(serializers.CharField):
+    """A JSON string. DRF's CharField also takes a number and makes it text; where the
+    contract says string, a number is an ill-typed field."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class JsonNumberField(serializers.DecimalField):
+    """A JSON number, read as a Decimal. DRF's DecimalField also parses a string; where the
+    contract says number, a string is an ill-typed field."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 # --- Service-token authentication ---------------------------------------------------------
