@@ -13,7 +13,7 @@ from accounts.services import (
     api_key_create,
     api_key_revoke,
 )
-from config.api import InternalApi, JsonStringField
+from config.api import AwareDateTimeField, InternalApi, JsonStringField
 
 
 class AccountCreateApi(InternalApi):
@@ -64,7 +64,7 @@ class AccountDetailApi(InternalApi):
 class ApiKeyCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         name = JsonStringField(max_length=100)
-        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():

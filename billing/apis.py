@@ -8,7 +8,7 @@ from billing.ledger import Book
 from billing.models import Purchase
 from billing.money import MoneyField
 from billing.services import credit_grant, purchase_record
-from config.api import InternalApi, JsonStringField
+from config.api import AwareDateTimeField, InternalApi, JsonStringField
 
 
 class PurchaseCreateApi(InternalApi):
@@ -45,7 +45,7 @@ class GrantCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         amount_usd = MoneyField()
         reason = JsonStringField(max_length=255)
-        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():

@@ -9,6 +9,7 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
@@ -126,6 +127,19 @@ class JsonNumberField(serializers.DecimalField):
         if isinstance(data, bool) or not isinstance(data, int | float):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time that states its timezone, as the contract writes times. DRF would
+    read a time without one, or a bare date, as the server's local time."""
+
+    default_error_messages = {"naive": "Must include a timezone, e.g. 2026-11-21T10:00:00Z."}
+
+    def to_internal_value(self, value):
+        parsed = super().to_internal_value(value)
+        if not isinstance(value, str) or parse_datetime(value).tzinfo is None:
+            self.fail("naive")
+        return parsed
 
 
 # --- Service-token authentication ---------------------------------------------------------
