@@ -87,7 +87,10 @@ def exception_handler(exc, context):
         return error_response(415, "unsupported_media_type",
                               "Send the body as application/json.")
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        return error_response(401, "unauthorized", "A valid service token is required.")
+        # A 401 names the scheme to use (RFC 9110); the view put it on the exception.
+        challenge = getattr(exc, "auth_header", None)
+        return error_response(401, "unauthorized", "A valid service token is required.",
+                              headers={"WWW-Authenticate": challenge} if challenge else None)
     if isinstance(exc, Http404 | exceptions.NotFound):
         return error_response(404, "not_found", "Not found.")
     if isinstance(exc, exceptions.MethodNotAllowed):
