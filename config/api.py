@@ -10,6 +10,7 @@ from http import HTTPStatus
 from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
@@ -180,6 +181,17 @@ class ServiceTokenAuthentication(BaseAuthentication):
 class IsServiceCaller(BasePermission):
     def has_permission(self, request, view):
         return isinstance(request.user, ServiceCaller)
+
+
+class InternalAutoSchema(AutoSchema):
+    def get_serializer_name(self, serializer, direction):
+        """Name a serializer nested in an API after both: AccountCreateApi.InputSerializer
+        is "AccountCreateInput". By class name alone every API's input would be "Input",
+        and drf-spectacular would document them all as one component."""
+        outer, _, inner = type(serializer).__qualname__.rpartition(".")
+        if outer:
+            return outer.removesuffix("Api") + inner
+        return super().get_serializer_name(serializer, direction)
 
 
 class InternalApi(APIView):
