@@ -10,6 +10,7 @@ from http import HTTPStatus
 from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -176,6 +177,17 @@ class ServiceTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="internal"'
+
+
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the service token in the OpenAPI schema (registered on import)."""
+
+    target_class = ServiceTokenAuthentication
+    name = "serviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A service token from BILLING_INTERNAL_TOKENS."}
 
 
 class IsServiceCaller(BasePermission):
