@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.test import Client
 
 from accounts.locks import account_lock
 from accounts.models import FAR_FUTURE, Account
@@ -19,8 +20,18 @@ from billing.services import (
     credit_lots_expire_due,
     purchase_record,
 )
+from tests.conftest import INTERNAL_TOKEN
 from tests.factories import AccountFactory
-from tests.support import BASE, T0, USD, account_state, assert_books_agree, db_counts, usd
+from tests.support import (
+    BASE,
+    T0,
+    USD,
+    account_state,
+    assert_books_agree,
+    db_counts,
+    run_concurrently,
+    usd,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -241,4 +252,25 @@ def test_account_read_counts_only_unexpired_credit_before_expiry_is_recorded(
     # ...but the read shows only the live $1.
     body = api.get(url).json()
     assert (body["balance_usd"], body["available_usd"]) == ("1.000000000", "1.000000000")
+    assert_books_agree(account.id, 1 * USD)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_racing_reads_at_the_expiry_record_it_once(time_machine):
+    # Given the $2 lot at its expiry, not yet recorded.
+    time_machine.move_to(T0, tick=False)
+    account = AccountFactory()
+    credit_grant(account_id=account.id, amount_nanos=2 * USD, reason="short", expires_at=EXPIRY)
+    time_machine.move_to(EXPIRY, tick=False)
+
+    def read():
+        client = Client(headers={"authorization": f"Bearer {INTERNAL_TOKEN}"})
+        return client.get(f"{BASE}/accounts/{account.id}").json()["balance_usd"]
+
+    # When six reads race, each on its own connection.
+    balances = run_concurrently([read] * 6)
+
+    # Then each shows only the live $1, and the expiry was recorded exactly once.
+    assert balances == ["1.000000000"] * 6
+    assert LedgerTransaction.objects.filter(account=account, kind=Kind.EXPIRY).count() == 1
     assert_books_agree(account.id, 1 * USD)
