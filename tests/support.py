@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: money, "nothing was written" snapshots, the contract's
+"""What the tests share: money, "nothing was written" snapshots, the contract's
 error shape, the books, and real threads on real connections."""
 
 import threading
