@@ -13,7 +13,7 @@ from accounts.services import (
     api_key_create,
     api_key_revoke,
 )
-from config.api import InternalApi
+from config.api import AwareDateTimeField, InternalApi, JsonStringField
 from metering.selectors import account_current
 
 
@@ -43,7 +43,7 @@ class AccountCreateApi(InternalApi):
 class AccountDetailApi(InternalApi):
     class UpdateInputSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Account.Status.choices)
-        reason = serializers.CharField(max_length=255, required=False, allow_blank=True,
+        reason = JsonStringField(max_length=255, required=False, allow_blank=True,
                                        default="")
 
     @extend_schema(responses=AccountOutputSerializer, summary="Read an account")
@@ -64,8 +64,8 @@ class AccountDetailApi(InternalApi):
 
 class ApiKeyCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=100)
-        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        name = JsonStringField(max_length=100)
+        expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():

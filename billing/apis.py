@@ -14,7 +14,7 @@ from billing.models import Purchase
 from billing.money import MoneyField
 from billing.selectors import auto_reload_summary
 from billing.services import credit_grant, purchase_record
-from config.api import InternalApi
+from config.api import AwareDateTimeField, InternalApi, JsonStringField
 from metering.selectors import account_current
 
 
@@ -23,7 +23,7 @@ class PurchaseCreateApi(InternalApi):
 
     class InputSerializer(serializers.Serializer):
         amount_usd = MoneyField()
-        reference = serializers.CharField(max_length=255)
+        reference = JsonStringField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         purchase_id = serializers.CharField(source="id")
@@ -51,8 +51,8 @@ class PurchaseCreateApi(InternalApi):
 class GrantCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         amount_usd = MoneyField()
-        reason = serializers.CharField(max_length=255)
-        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        reason = JsonStringField(max_length=255)
+        expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():

@@ -15,7 +15,9 @@ NANOS_PER_USD = 10**9
 NANOS_PER_CENT = 10**7
 MAX_AMOUNT_NANOS = 10**6 * NANOS_PER_USD  # $1,000,000: far beyond any single movement
 
-_DECIMAL_RE = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
+# ASCII digits only: \d would also match Arabic-Indic or fullwidth digits, which
+# int() reads, so "\u0661\u0660" would be $10.
+_DECIMAL_RE = re.compile(r"^(-)?([0-9]+)(?:\.([0-9]+))?$")
 
 
 class MoneyFormatError(ValueError):

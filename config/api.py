@@ -9,7 +9,12 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -67,18 +72,27 @@ def _field_errors(detail) -> dict[str, list[str]]:
 
 def exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
+        extra = exc.extra
+        if exc.status == 400 and "fields" not in extra:
+            # The contract's 400 always says why in "fields".
+            extra = {**extra, "fields": {"non_field_errors": [exc.message]}}
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers,
-                              **exc.extra)
+                              **extra)
     if isinstance(exc, exceptions.ValidationError):
         return error_response(400, "invalid_request", "The request is invalid.",
                               fields=_field_errors(exc.detail))
     if isinstance(exc, exceptions.ParseError):
-        return error_response(400, "invalid_request", f"Malformed JSON: {exc.detail}")
+        message = f"Malformed JSON: {exc.detail}"
+        return error_response(400, "invalid_request", message,
+                              fields={"non_field_errors": [message]})
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return error_response(415, "unsupported_media_type",
                               "Send the body as application/json.")
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
-        return error_response(Unauthorized.status, Unauthorized.code, Unauthorized.message)
+        # A 401 names the scheme to use (RFC 9110); the view put it on the exception.
+        challenge = getattr(exc, "auth_header", None)
+        return error_response(Unauthorized.status, Unauthorized.code, Unauthorized.message,
+                              headers={"WWW-Authenticate": challenge} if challenge else None)
     if isinstance(exc, Http404 | exceptions.NotFound):
         return error_response(404, "not_found", "Not found.")
     if isinstance(exc, exceptions.MethodNotAllowed):
@@ -94,6 +108,43 @@ def exception_handler(exc, context):
 
 def json_not_found(request, *args, **kwargs):
     return JsonResponse(error_body(404, "not_found", "No such endpoint."), status=404)
+
+
+# --- Input fields: the JSON types the contract writes -------------------------------------
+
+
+class JsonStringField(serializers.CharField):
+    """A JSON string. DRF's CharField also takes a number and makes it text; where the
+    contract says string, a number is an ill-typed field."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class JsonNumberField(serializers.DecimalField):
+    """A JSON number, read as a Decimal. DRF's DecimalField also parses a string; where the
+    contract says number, a string is an ill-typed field."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time that states its timezone, as the contract writes times. DRF would
+    read a time without one, or a bare date, as the server's local time."""
+
+    default_error_messages = {"naive": "Must include a timezone, e.g. 2026-11-21T10:00:00Z."}
+
+    def to_internal_value(self, value):
+        parsed = super().to_internal_value(value)
+        if not isinstance(value, str) or parse_datetime(value).tzinfo is None:
+            self.fail("naive")
+        return parsed
 
 
 # --- Service-token authentication ---------------------------------------------------------
@@ -128,9 +179,31 @@ class ServiceTokenAuthentication(BaseAuthentication):
         return 'Bearer realm="internal"'
 
 
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the service token in the OpenAPI schema (registered on import)."""
+
+    target_class = ServiceTokenAuthentication
+    name = "serviceToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A service token from BILLING_INTERNAL_TOKENS."}
+
+
 class IsServiceCaller(BasePermission):
     def has_permission(self, request, view):
         return isinstance(request.user, ServiceCaller)
+
+
+class InternalAutoSchema(AutoSchema):
+    def get_serializer_name(self, serializer, direction):
+        """Name a serializer nested in an API after both: AccountCreateApi.InputSerializer
+        is "AccountCreateInput". By class name alone every API's input would be "Input",
+        and drf-spectacular would document them all as one component."""
+        outer, _, inner = type(serializer).__qualname__.rpartition(".")
+        if outer:
+            return outer.removesuffix("Api") + inner
+        return super().get_serializer_name(serializer, direction)
 
 
 class InternalApi(APIView):
@@ -191,7 +264,8 @@ class LeanInternalApi(InternalApi):
         try:
             scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
             if scheme.lower() != "bearer" or not service_token_valid(token.strip()):
-                raise Unauthorized()
+                raise Unauthorized(headers={
+                    "WWW-Authenticate": ServiceTokenAuthentication().authenticate_header(request)})
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:

@@ -12,7 +12,8 @@ internal_v1 = [
     path("schema", SpectacularAPIView.as_view(), name="internal-schema"),
     path("docs", SpectacularRedocView.as_view(url_name="internal-schema"),
          name="internal-docs"),
-    re_path(r"^.*$", json_not_found),
+    # Any other path under /internal/v1/, newlines included, gets the JSON 404.
+    re_path(r"^(?s:.*)$", json_not_found),
 ]
 
 def healthz(request):

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
 from billing.money import MoneyField, UsdNanos, nanos_to_usd
-from config.api import InternalApi, LeanInternalApi
+from config.api import InternalApi, JsonNumberField, JsonStringField, LeanInternalApi
 from metering.models import InferenceModel
 from metering.selectors import model_get, size_class_for
 from metering.services import (
@@ -49,9 +49,9 @@ def model_output(model: InferenceModel) -> dict:
 class ModelDetailApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         kind = serializers.ChoiceField(choices=InferenceModel.Kind.choices)
-        params_b = serializers.DecimalField(max_digits=10, decimal_places=3, required=False,
-                                            min_value=Decimal("0.001"))
-        provider = serializers.CharField(max_length=50, required=False)
+        params_b = JsonNumberField(max_digits=10, decimal_places=3, required=False,
+                                   min_value=Decimal("0.001"))
+        provider = JsonStringField(max_length=50, required=False)
         input_usd_per_mtok = MoneyField(positive=False, max_nanos=MAX_PER_MTOK_NANOS,
                                         required=False)
         output_usd_per_mtok = MoneyField(positive=False, max_nanos=MAX_PER_MTOK_NANOS,

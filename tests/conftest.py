@@ -36,6 +36,12 @@ def _internal_token(settings):
 @pytest.fixture(autouse=True)
 def _ledger_checked_after_each_test(request):
     """After every scenario that touched the database, the books must agree."""
+    # A test that asks for the database by fixture rather than by marker would have it
+    # set up after this fixture, and rolled back before the check below: set it up first.
+    for name in ("transactional_db", "db"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
+            break
     yield
     if request.node.get_closest_marker("ledger_tampered"):
         return

@@ -1,0 +1,82 @@
+"""The internal API's OpenAPI schema is served at /internal/v1/schema and documents the
+provisioning calls as they are."""
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.django_db
+
+PROVISIONING = {
+    "/internal/v1/accounts": {"post"},
+    "/internal/v1/accounts/{account_id}": {"get", "patch"},
+    "/internal/v1/accounts/{account_id}/purchases": {"post"},
+    "/internal/v1/accounts/{account_id}/api-keys": {"post"},
+    "/internal/v1/accounts/{account_id}/api-keys/{key_id}": {"delete"},
+    "/internal/v1/accounts/{account_id}/grants": {"post"},
+    "/internal/v1/models/{model_id}": {"get", "put"},
+}
+# What each call's request body takes, as the contract writes it.
+REQUEST_FIELDS = {
+    ("/internal/v1/accounts", "post"): {"email"},
+    ("/internal/v1/accounts/{account_id}", "patch"): {"status", "reason"},
+    ("/internal/v1/accounts/{account_id}/purchases", "post"): {"amount_usd", "reference"},
+    ("/internal/v1/accounts/{account_id}/api-keys", "post"): {"name", "expires_at"},
+    ("/internal/v1/accounts/{account_id}/grants", "post"): {"amount_usd", "reason",
+                                                             "expires_at"},
+    ("/internal/v1/models/{model_id}", "put"): {"kind", "params_b", "provider",
+                                                "input_usd_per_mtok", "output_usd_per_mtok"},
+}
+
+
+@pytest.fixture(scope="module")
+def schema():
+    from rest_framework.test import APIClient
+
+    from tests.conftest import INTERNAL_TOKEN
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
+    response = client.get("/internal/v1/schema?format=json")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    return response.json()
+
+
+def resolve(schema: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    return resolve(schema, schema["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else node
+
+
+def test_the_schema_lists_every_provisioning_call(schema):
+    assert schema["openapi"].startswith("3.")
+    paths = {path: set(ops) - {"parameters"} for path, ops in schema["paths"].items()}
+    for path, methods in PROVISIONING.items():
+        assert methods <= paths.get(path, set()), (path, paths.get(path))
+
+
+@pytest.mark.parametrize(("path", "method"), list(REQUEST_FIELDS))
+def test_each_call_documents_its_own_request_body(schema, path, method):
+    body = schema["paths"][path][method]["requestBody"]["content"]["application/json"]
+    assert set(resolve(schema, body["schema"])["properties"]) == REQUEST_FIELDS[(path, method)]
+
+
+def test_every_call_requires_the_service_token(schema):
+    assert schema["components"]["securitySchemes"]["serviceToken"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "A service token from BILLING_INTERNAL_TOKENS."}
+    for path, methods in PROVISIONING.items():
+        for method in methods:
+            assert schema["paths"][path][method]["security"] == [{"serviceToken": []}]
+
+
+def test_money_is_documented_as_a_string_and_sizes_as_a_number(schema):
+    put = schema["paths"]["/internal/v1/models/{model_id}"]["put"]
+    fields = resolve(schema, put["requestBody"]["content"]["application/json"]["schema"])
+    assert fields["properties"]["input_usd_per_mtok"]["type"] == "string"
+    assert fields["properties"]["params_b"]["type"] == "number"
+
+
+def test_the_schema_is_also_served_as_yaml(api):
+    response = api.get("/internal/v1/schema")
+    assert response.status_code == 200
+    assert set(PROVISIONING) <= set(yaml.safe_load(response.content)["paths"])
