@@ -86,6 +86,7 @@ def api_key_generate() -> tuple[str, str]:
 # Last-used times are written at most once a minute per key and process, never on
 # every call.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+LAST_USED_MEMORY = 100_000  # keys remembered per process; forgetting one costs one write
 _last_used_written: dict[UUID, datetime] = {}
 
 
@@ -93,6 +94,8 @@ def api_key_touch(*, api_key_id: UUID, now: datetime) -> None:
     written = _last_used_written.get(api_key_id)
     if written is not None and now - written < LAST_USED_RESOLUTION:
         return
+    if len(_last_used_written) >= LAST_USED_MEMORY:
+        _last_used_written.clear()
     _last_used_written[api_key_id] = now
     ApiKey.objects.filter(id=api_key_id).exclude(
         last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=now)

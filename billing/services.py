@@ -281,9 +281,11 @@ def credit_debit(*, account_id: UUID, amount_nanos: int, reason: str,
     """Staff adjustment that removes credit, soonest-expiring first. Refused, with nothing
     written, when the live credit not reserved by open holds cannot cover it."""
     now = now or timezone.now()
+    if amount_nanos <= 0:
+        raise ApplicationError("A debit must be a positive amount.")
     account = account_lock(account_id=account_id)
     credit_lots_expire(account=account, now=now)
-    if amount_nanos <= 0 or account.balance_nanos - account.held_nanos < amount_nanos:
+    if account.balance_nanos - account.held_nanos < amount_nanos:
         raise InsufficientCredit("The account's available credit cannot cover this debit.")
     consumed = credit_consume(account=account, amount_nanos=amount_nanos, now=now)
     ledger_post(kind=Kind.ADJUSTMENT, account_id=account.id, now=now, memo=reason,

@@ -16,6 +16,7 @@ from django.utils import timezone
 from accounts.authentication import InvalidApiKey
 from accounts.locks import account_lock
 from accounts.models import Account, ApiKey
+from accounts.services import api_key_touch
 from billing.ledger import Book, Leg, ledger_post
 from billing.ledger import Kind as LedgerKind
 from billing.models import CreditLot
@@ -347,8 +348,16 @@ def hold_authorize(*, api_key: str, model_id: str, request_id: str, byok: bool =
             authorization = _try_reserve(reservation=reservation, now=now)
     except IntegrityError:
         authorization = None  # this request_id has a hold already: the slow path returns it
-    if authorization is not None:
-        return authorization
+    if authorization is None:
+        authorization = _authorize_with_slow_path(reservation=reservation, now=now,
+                                                  auto_scale=auto_scale)
+    api_key_touch(api_key_id=key.key_id, now=now)
+    return authorization
+
+
+def _authorize_with_slow_path(*, reservation: Reservation, now: datetime,
+                              auto_scale: bool) -> Authorization:
+    key = reservation.key
     try:
         return _authorize_slow(reservation=reservation, now=now)
     except ConcurrencyLimit:
