@@ -1,10 +1,11 @@
 from django.contrib import admin
 
 from billing.models import CreditLot, LedgerEntry, LedgerTransaction, Plan, Purchase
+from metering.admin import CatalogAdmin
 
 
 @admin.register(Plan)
-class PlanAdmin(admin.ModelAdmin):
+class PlanAdmin(CatalogAdmin):
     list_display = ["code", "name", "monthly_price_nanos", "credit_grant_nanos",
                     "free_grant_interval_days", "closed_requests_per_second"]
 

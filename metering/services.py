@@ -36,6 +36,7 @@ from metering.catalog import (
     Policy,
     account_plan_code,
     api_key_ref,
+    catalog_caches_clear,
     model_price,
     plan_closed_rps,
     pricing_policy,
@@ -94,6 +95,9 @@ def model_upsert(*, model_id: str, kind: str, params_b: Decimal | None = None,
     model, created = InferenceModel.objects.update_or_create(
         id=model_id, defaults={**values, "updated_at": now}, create_defaults={
             **values, "created_at": now, "updated_at": now})
+    # Now for this transaction's own reads, and after commit for everyone else's.
+    catalog_caches_clear()
+    transaction.on_commit(catalog_caches_clear)
     return model, created
 
 
