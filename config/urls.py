@@ -3,6 +3,7 @@ from django.http import HttpResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from billing.webhooks import stripe_webhook
 from config.api import json_not_found
 
 internal_v1 = [
@@ -24,4 +25,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
+    path("api/v1/", include("billing.customer_urls")),
+    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
 ]
