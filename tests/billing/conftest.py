@@ -229,14 +229,19 @@ def make_customer():
 def browser_confirms_setup(localstripe_url: str, setup_intent_id: str, client_secret: str,
                            number: str):
     """What Stripe.js does in the customer's browser: confirm the SetupIntent with the card
-    typed in, using the publishable key."""
-    return requests.post(
-        f"{localstripe_url}/v1/setup_intents/{setup_intent_id}/confirm",
-        data={"key": PUBLISHABLE_KEY, "client_secret": client_secret,
-              "payment_method_data[type]": "card", "payment_method_data[card][number]": number,
-              "payment_method_data[card][exp_month]": "12",
-              "payment_method_data[card][exp_year]": "2034",
-              "payment_method_data[card][cvc]": "123"}, timeout=10)
+    typed in, using the publishable key; when the bank asks for 3-D Secure, the cardholder
+    passes it (with localstripe, confirming again)."""
+    url = f"{localstripe_url}/v1/setup_intents/{setup_intent_id}/confirm"
+    response = requests.post(url, data={
+        "key": PUBLISHABLE_KEY, "client_secret": client_secret,
+        "payment_method_data[type]": "card", "payment_method_data[card][number]": number,
+        "payment_method_data[card][exp_month]": "12",
+        "payment_method_data[card][exp_year]": "2034",
+        "payment_method_data[card][cvc]": "123"}, timeout=10)
+    if response.ok and response.json()["status"] == "requires_action":
+        response = requests.post(url, data={"key": PUBLISHABLE_KEY,
+                                            "client_secret": client_secret}, timeout=10)
+    return response
 
 
 @pytest.fixture
