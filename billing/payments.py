@@ -756,8 +756,10 @@ def _ceil_to_cents(nanos: int) -> int:
 
 
 def auto_scale_purchase(*, account_id: UUID, now: datetime | None = None) -> bool:
-    """Buy the credit that unlocks the next tier, on the default card, within the
-    account's max monthly spend, so that a run refused for concurrency can go ahead.
+    """Buy the credit that unlocks the next tier with more concurrency slots, on the
+    default card, within the account's max monthly spend, so that a run refused for
+    concurrency can go ahead. The amount is that tier's threshold less what the account
+    purchased in the window, rounded up to whole cents (at least Stripe's minimum charge).
 
     Returns True when the tier was raised, by this call or by another caller of the same
     burst (whose purchase in flight this call waits for); False when no purchase can be
@@ -779,7 +781,10 @@ def auto_scale_purchase(*, account_id: UUID, now: datetime | None = None) -> boo
             return True  # the same burst already bought its tier
         in_flight = mine.filter(status__in=Payment.IN_FLIGHT).first()
         if in_flight is None:
-            tier = (Tier.objects.filter(min_purchased_nanos__gt=account.purchased_window_nanos)
+            # The next tier that adds concurrency slots: auto-scale answers a run refused
+            # for concurrency, and a tier with no more slots would not let it run.
+            tier = (Tier.objects.filter(min_purchased_nanos__gt=account.purchased_window_nanos,
+                                        concurrency__gt=account.tier_concurrency)
                     .order_by("min_purchased_nanos").first())
             card = usable_card(profile.default_card_id)
             if tier is None or card is None or not profile.stripe_customer_id:
