@@ -177,3 +177,22 @@ def test_subscribing_is_refused_without_a_card_twice_or_for_a_plan_not_sold(
     assert (free.status_code, free.json()["code"]) == (400, "plan_not_available")
     assert (twice.status_code, twice.json()["code"]) == (409, "already_subscribed")
     assert Subscription.objects.filter(account_id=customer.id).count() == 1
+
+
+@pytest.mark.usefixtures("payg_price")
+def test_a_failed_invoice_grants_nothing_and_is_recorded(make_customer, save_card,
+                                                         stripe_client, service_webhook_url):
+    customer = make_customer()
+    subscription = _subscribed(customer, save_card)
+    invoice = stripe_client.v1.invoices.retrieve(
+        Purchase.objects.get(account_id=customer.id).reference).to_dict()
+    failed = {**invoice, "id": f"in_failed_{uuid.uuid4().hex}", "status": "open",
+              "amount_paid": 0}
+
+    response = deliver(service_webhook_url, event_payload("invoice.payment_failed", failed))
+
+    assert response.json()["outcome"] == "recorded"
+    assert Purchase.objects.filter(account_id=customer.id).count() == 1
+    sub = Subscription.objects.get(stripe_subscription_id=subscription["subscription_id"])
+    assert sub.last_invoice_failure == f"invoice {failed['id']} payment failed"
+    assert _account(customer).plan_id == "payg"  # Stripe retries; its news decides the plan
