@@ -268,12 +268,10 @@ class AutoReloadSettingsApi(CustomerApi):
         account_id = self.account_id(request)
         current = selectors.auto_reload_summary(account_id=account_id, now=timezone.now())
         given = data.validated_data
-        amount = given.get("amount_usd", current["amount_nanos"])
-        payments.purchase_amount_validate(amount)
         wanted = payments.AutoReloadSettings(
             enabled=given.get("enabled", current["enabled"]),
             threshold_nanos=given.get("threshold_usd", current["threshold_nanos"]),
-            amount_nanos=amount,
+            amount_nanos=given.get("amount_usd", current["amount_nanos"]),
             monthly_max_nanos=given.get("monthly_max_usd", current["monthly_max_nanos"]),
             card_id=given.get("card_id", current["card_id"]))
         payments.auto_reload_settings_set(account_id=account_id, settings_=wanted)

@@ -103,7 +103,8 @@ class NoCard(ApplicationError):
 class PaymentProviderUnavailable(ApplicationError):
     status = 503
     code = "payment_provider_unavailable"
-    message = "The payment provider cannot be reached; nothing was charged. Try again."
+    message = ("The payment provider cannot be reached. Try again in a moment; a payment "
+               "that went through is credited as soon as the provider reports it.")
 
 
 class PaymentProviderError(ApplicationError):
@@ -197,7 +198,10 @@ def card_save(*, account_id: UUID, setup_intent_id: str,
         raise provider_error(exc) from exc
     if details.customer_id != customer_id:
         raise CardNotSaved("The card belongs to another customer.")
-    return card_record(account_id=account_id, details=details, now=now)
+    card = card_record(account_id=account_id, details=details, now=now)
+    if card.removed_at is not None:
+        raise CardNotSaved("This card was removed; set it up again to save it.")
+    return card
 
 
 def card_record(*, account_id: UUID, details: CardDetails, now: datetime) -> Card:
@@ -586,9 +590,10 @@ class AutoReloadSettings:
 def auto_reload_settings_set(*, account_id: UUID, settings_: AutoReloadSettings,
                              now: datetime | None = None) -> BillingProfile:
     """Change the auto-reload settings. Saving them with auto-reload enabled also resumes
-    a paused auto-reload. If the balance is already below the threshold then, a reload
-    starts as if it had just crossed it."""
+    a paused auto-reload. If this puts the balance below an active threshold (turned on,
+    resumed or raised), a reload starts as if the balance had just crossed it."""
     now = now or timezone.now()
+    purchase_amount_validate(settings_.amount_nanos)
     with transaction.atomic():
         profile = billing_profile_lock(account_id=account_id)
         card = None
@@ -599,7 +604,8 @@ def auto_reload_settings_set(*, account_id: UUID, settings_: AutoReloadSettings,
         if settings_.monthly_max_nanos < settings_.amount_nanos:
             raise InvalidPurchaseAmount(extra={"fields": {"monthly_max_usd": [
                 "Must be at least the reload amount."]}})
-        was_active = profile.auto_reload_active
+        old_threshold = profile.auto_reload_threshold_nanos if profile.auto_reload_active \
+            else None
         fields = {
             "auto_reload_enabled": settings_.enabled,
             "auto_reload_threshold_nanos": settings_.threshold_nanos,
@@ -614,8 +620,9 @@ def auto_reload_settings_set(*, account_id: UUID, settings_: AutoReloadSettings,
         for name, value in fields.items():
             setattr(profile, name, value)
         account = _auto_reload_threshold_sync_locked(profile=profile)
-        if profile.auto_reload_active and not was_active and \
-                account.balance_nanos < profile.auto_reload_threshold_nanos:
+        below_now = account.balance_nanos < profile.auto_reload_threshold_nanos
+        below_before = old_threshold is not None and account.balance_nanos < old_threshold
+        if profile.auto_reload_active and below_now and not below_before:
             # Already below: no charge will cross the threshold, so record the crossing now.
             low_balance_event_open(account=account,
                                    threshold_nanos=profile.auto_reload_threshold_nanos,

@@ -320,3 +320,27 @@ def test_auto_reload_settings_are_validated_and_write_nothing_when_refused(make_
     assert "monthly_max_usd" in max_below_amount.json()["fields"]
     assert customer.api.get("/api/v1/auto-reload").data == defaults.data
     assert Account.objects.get(id=customer.id).auto_reload_threshold_nanos is None
+
+
+def test_raising_the_threshold_above_the_balance_reloads_and_turning_off_clears_it(
+        make_customer, save_card):
+    # Given $6 of credit and auto-reload at $3
+    customer = _customer_with_reload(make_customer, save_card)
+    assert not LowBalanceEvent.objects.filter(account=customer.account).exists()
+
+    # When the threshold is raised to $8, above the balance, and then saved again unchanged
+    raised = customer.api.put("/api/v1/auto-reload", {"threshold_usd": "8.00"}, format="json")
+    customer.api.put("/api/v1/auto-reload", {"threshold_usd": "8.00"}, format="json")
+
+    # Then one crossing is recorded for the reload, and the run path's trigger follows
+    assert raised.status_code == 200
+    [crossing] = LowBalanceEvent.objects.filter(account=customer.account)
+    assert (crossing.threshold_nanos, crossing.balance_after_nanos) == (8 * USD, 6 * USD)
+    assert Account.objects.get(id=customer.id).auto_reload_threshold_nanos == 8 * USD
+
+    # When auto-reload is turned off, the trigger is cleared and spending records nothing
+    off = customer.api.put("/api/v1/auto-reload", {"enabled": False}, format="json")
+    assert off.data["enabled"] is False
+    assert Account.objects.get(id=customer.id).auto_reload_threshold_nanos is None
+    credit_debit(account_id=customer.id, amount_nanos=5 * USD, reason="usage")
+    assert LowBalanceEvent.objects.filter(account=customer.account).count() == 1
