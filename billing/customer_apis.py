@@ -3,7 +3,7 @@ saved cards, credit purchases, auto-reload, auto-scale and the plan subscription
 
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -357,3 +357,13 @@ class SubscriptionDetailApi(CustomerApi):
             account_id=self.account_id(request),
             at_period_end=data.validated_data["at_period_end"])
         return Response(self._body(request))
+
+
+# Nested serializers are all called Input/Output: give their schema components the API's name.
+for _api in (CardSetupIntentCreateApi, CardListApi, PurchaseListApi, PurchaseCheckoutCreateApi,
+             AutoReloadSettingsApi, AutoScaleSettingsApi, SubscriptionDetailApi):
+    for _nested in ("InputSerializer", "CancelInputSerializer", "OutputSerializer"):
+        if _nested in vars(_api):
+            extend_schema_serializer(
+                component_name=f"Customer{_api.__name__.removesuffix('Api')}"
+                               f"{_nested.removesuffix('Serializer')}")(getattr(_api, _nested))
