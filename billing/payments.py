@@ -113,6 +113,19 @@ class PaymentProviderError(ApplicationError):
     message = "The payment provider refused the request."
 
 
+class AccountSuspended(ApplicationError):
+    status = 403
+    code = "account_suspended"
+    message = "The account is suspended; payments are not taken until staff reinstate it."
+
+
+def account_active_ensure(*, account_id: UUID) -> None:
+    """Suspended accounts (a dispute, a fraud review) take no new payments."""
+    status = Account.objects.values_list("status", flat=True).get(id=account_id)
+    if status != Account.Status.ACTIVE:
+        raise AccountSuspended()
+
+
 def provider_error(exc: StripeGatewayError) -> ApplicationError:
     if isinstance(exc, StripeUnavailable | StripeNotConfigured):
         return PaymentProviderUnavailable()
@@ -462,6 +475,7 @@ def purchase_start(*, account_id: UUID, amount_nanos: int, card_id=None,
     intent (None when the card was declined outright)."""
     now = now or timezone.now()
     purchase_amount_validate(amount_nanos)
+    account_active_ensure(account_id=account_id)
     card = None
     if card_id is not None:
         card = _active_card(account_id=account_id, card_id=card_id)
@@ -519,6 +533,7 @@ def purchase_checkout_start(*, account_id: UUID, amount_nanos: int, success_url:
     PaymentIntent behind the session succeeds (webhook), like any purchase."""
     now = now or timezone.now()
     purchase_amount_validate(amount_nanos)
+    account_active_ensure(account_id=account_id)
     customer_id = stripe_customer_ensure(account_id=account_id, now=now)
     payment = _purchase_payment_create(account_id=account_id, amount_nanos=amount_nanos,
                                        card=None, key_prefix="checkout", now=now)
@@ -637,6 +652,8 @@ def _auto_reload_refusal(*, profile: BillingProfile, account: Account,
         return "auto-reload is off", False
     if profile.auto_reload_paused_at is not None:
         return f"auto-reload is paused ({profile.auto_reload_paused_reason})", False
+    if account.status != Account.Status.ACTIVE:
+        return "the account is suspended", False
     if account.balance_nanos >= profile.auto_reload_threshold_nanos:
         return "the balance is back above the threshold", False
     spent = month_spent_nanos(account_id=account.id, purpose=Purpose.AUTO_RELOAD, now=now)
@@ -781,6 +798,8 @@ def auto_scale_purchase(*, account_id: UUID, now: datetime | None = None) -> boo
         from accounts.services import account_maintain
 
         account = account_maintain(account_id=account_id, now=now)
+        if account.status != Account.Status.ACTIVE:
+            return False
         if account.purchased_window_nanos > observed:
             return True  # another caller's purchase raised the tier meanwhile
         mine = Payment.objects.filter(account_id=account_id, purpose=Purpose.AUTO_SCALE)

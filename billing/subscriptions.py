@@ -21,6 +21,7 @@ from billing.money import cents_to_nanos
 from billing.payments import (
     NoCard,
     PaymentFailed,
+    account_active_ensure,
     account_for_stripe_customer,
     provider_error,
     stripe_customer_ensure,
@@ -178,6 +179,7 @@ def plan_subscribe(*, account_id: UUID, plan_code: str = "payg",
     plan = Plan.objects.filter(code=plan_code).first()
     if plan is None or plan.monthly_price_nanos <= 0 or not plan.stripe_price_id:
         raise PlanNotAvailable()
+    account_active_ensure(account_id=account_id)
     customer_id = stripe_customer_ensure(account_id=account_id, now=now)
     gateway = stripe_gateway()
     # The profile stays locked through the Stripe call, so two clicks make one subscription.

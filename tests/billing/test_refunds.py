@@ -12,6 +12,7 @@ from django.contrib.admin.models import LogEntry
 from accounts.models import Account
 from accounts.services import account_status_set
 from billing.models import CreditLot, Dispute, LedgerEntry, Purchase, Reversal
+from billing.payments import auto_scale_purchase
 from billing.refunds import purchase_refund
 from billing.services import credit_debit
 from tests.billing.conftest import deliver, event_payload
@@ -174,6 +175,12 @@ def test_a_dispute_suspends_the_account_and_a_lost_dispute_claws_back_the_unspen
     assert (account["balance_usd"], account["tier"]["name"], account["status"]) == (
         "0.000000000", "Tier 0", "suspended")
     assert Dispute.objects.get().status == "lost"
+
+    # And while suspended, the account takes no new payments
+    refused = customer.api.post("/api/v1/purchases", {"amount_usd": "10.00"}, format="json")
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+    assert auto_scale_purchase(account_id=customer.id) is False
+    assert Purchase.objects.filter(account_id=customer.id).count() == 1
 
 
 def test_dispute_news_in_any_order_suspends_once_and_a_won_dispute_leaves_it_to_staff(

@@ -187,3 +187,32 @@ def test_setup_intent_succeeded_saves_the_card_once_whoever_reports_it_first(
     card = Card.objects.get(account=customer.account)
     assert saved.data["id"] == str(card.id) and saved.data["default"] is True
     assert first.json()["outcome"] == f"card {card.id} saved"
+
+
+def test_an_event_that_fails_is_kept_unprocessed_and_applied_when_delivered_again(
+        make_customer, stripe_client, localstripe_url, service_webhook_url, settings):
+    # Given a card set up in the browser, and Stripe unreachable from the service
+    customer = make_customer()
+    setup = customer.api.post("/api/v1/cards/setup-intents").data
+    browser_confirms_setup(localstripe_url, setup["setup_intent_id"], setup["client_secret"],
+                           "4242424242424242")
+    body = event_payload("setup_intent.succeeded", stripe_client.v1.setup_intents.retrieve(
+        setup["setup_intent_id"]).to_dict())
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"
+
+    # When setup_intent.succeeded arrives, the service cannot read the card from Stripe
+    failed = deliver(service_webhook_url, body)
+
+    # Then Stripe is asked to deliver it again, the event is stored, and nothing is applied
+    assert failed.status_code == 500 and failed.json()["code"] == "processing_failed"
+    event = StripeEvent.objects.get(stripe_id=json.loads(body)["id"])
+    assert (event.processed_at, event.attempts) == (None, 1)
+    assert "StripeUnavailable" in event.last_error
+    assert not Card.objects.filter(account=customer.account).exists()
+
+    # When Stripe delivers it again and Stripe is reachable, it is applied
+    settings.STRIPE_API_BASE = localstripe_url
+    assert deliver(service_webhook_url, body).status_code == 200
+    event.refresh_from_db()
+    assert event.processed_at is not None and event.attempts == 2 and event.last_error == ""
+    assert Card.objects.filter(account=customer.account).count() == 1
