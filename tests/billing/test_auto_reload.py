@@ -344,3 +344,32 @@ def test_raising_the_threshold_above_the_balance_reloads_and_turning_off_clears_
     assert Account.objects.get(id=customer.id).auto_reload_threshold_nanos is None
     credit_debit(account_id=customer.id, amount_nanos=5 * USD, reason="usage")
     assert LowBalanceEvent.objects.filter(account=customer.account).count() == 1
+
+
+def test_the_sweep_finds_charges_whose_worker_died_and_crossings_nobody_picked_up(
+        make_customer, save_card):
+    from billing.payments import low_balance_events_unhandled, payments_stalled
+
+    customer = _customer_with_reload(make_customer, save_card, buy=None)
+    now = datetime.now(UTC)
+    old = now - timedelta(minutes=5)
+    dead, alive = (LowBalanceEvent.objects.create(
+        account=customer.account, threshold_nanos=3 * USD, balance_before_nanos=3 * USD,
+        balance_after_nanos=USD, created_at=old) for _ in range(2))
+    forgotten = LowBalanceEvent.objects.create(
+        account=customer.account, threshold_nanos=3 * USD, balance_before_nanos=3 * USD,
+        balance_after_nanos=USD, created_at=old)
+    LowBalanceEvent.objects.create(account=customer.account, threshold_nanos=3 * USD,
+                                   balance_before_nanos=3 * USD, balance_after_nanos=USD,
+                                   created_at=now)  # too recent: its task may still come
+    common = {"account": customer.account, "purpose": Payment.Purpose.AUTO_RELOAD,
+              "amount_nanos": 10 * USD, "created_at": old, "updated_at": old}
+    stalled = Payment.objects.create(**common, low_balance_event=dead,
+                                     idempotency_key="auto-reload:dead",
+                                     claimed_until=now - timedelta(seconds=1))
+    Payment.objects.create(**{**common, "account": make_customer().account},
+                           low_balance_event=alive, idempotency_key="auto-reload:alive",
+                           claimed_until=now + timedelta(minutes=1))
+
+    assert payments_stalled(now=now) == [stalled.id]
+    assert low_balance_events_unhandled(now=now) == [forgotten.id]
