@@ -1,6 +1,7 @@
 """Customer API keys on /api/v1/: `Authorization: <key>` or `Authorization: Bearer <key>`."""
 
 from django.utils import timezone
+from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import ApiKey
@@ -26,7 +27,7 @@ class CustomerKeyAuthentication(BaseAuthentication):
     def authenticate(self, request):
         key = presented_api_key(request)
         if not key:
-            raise InvalidApiKey("An API key is required: send it in the Authorization header.")
+            raise exceptions.NotAuthenticated()
         now = timezone.now()
         api_key = (ApiKey.objects.select_related("account__user")
                    .filter(key_hash=api_key_hash(key)).first())

@@ -1,14 +1,12 @@
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from accounts.authentication import CustomerKeyAuthentication
 from accounts.selectors import account_summary
 from accounts.serializers import ConcurrencyOutputSerializer, TierOutputSerializer
 from accounts.services import account_get
+from billing.customer_apis import CustomerApi
 from billing.ledger import Book
 from billing.models import Purchase
 from billing.money import MoneyField
@@ -78,15 +76,13 @@ class GrantCreateApi(InternalApi):
         return Response(self.OutputSerializer(lot).data, status=status.HTTP_201_CREATED)
 
 
-class CreditsApi(APIView):
+class CreditsApi(CustomerApi):
     """The customer's own credit, read with the customer's API key."""
-
-    authentication_classes = [CustomerKeyAuthentication]
-    permission_classes = [IsAuthenticated]
 
     class OutputSerializer(serializers.Serializer):
         class AutoReloadSerializer(serializers.Serializer):
             enabled = serializers.BooleanField()
+            paused = serializers.BooleanField()
             threshold_usd = MoneyField(source="threshold_nanos")
             amount_usd = MoneyField(source="amount_nanos")
             monthly_max_usd = MoneyField(source="monthly_max_nanos")
@@ -100,7 +96,8 @@ class CreditsApi(APIView):
 
     @extend_schema(responses=OutputSerializer, summary="Your credit, tier and auto-reload")
     def get(self, request):
-        account = account_current(account_id=request.auth.account_id)
+        now = timezone.now()
+        account = account_current(account_id=self.account_id(request), now=now)
         body = {**account_summary(account=account),
-                "auto_reload": auto_reload_summary(account=account)}
+                "auto_reload": auto_reload_summary(account_id=account.id, now=now)}
         return Response(self.OutputSerializer(body).data)

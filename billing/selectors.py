@@ -1,11 +1,21 @@
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Q, Sum
 
 from accounts.models import Account
 from billing.ledger import Book
-from billing.models import CreditLot, LedgerEntry, LedgerTransaction
+from billing.models import (
+    BillingProfile,
+    Card,
+    CreditLot,
+    LedgerEntry,
+    LedgerTransaction,
+    Payment,
+    Purchase,
+    Subscription,
+)
 
 
 def ledger_unbalanced_transactions() -> Iterator[str]:
@@ -73,15 +83,73 @@ def account_spendable_lots(*, account_id, now) -> list[CreditLot]:
                                          Q(expires_at__gt=now)).order_by("expires_at", "id"))
 
 
-def auto_reload_summary(*, account: Account) -> dict:
-    """The account's auto-reload settings as the customer sees them."""
-    from django.conf import settings
+# --- Payments -----------------------------------------------------------------------------
 
-    threshold = account.auto_reload_threshold_nanos
+
+def utc_month_bounds(now: datetime) -> tuple[datetime, datetime]:
+    """The UTC calendar month `now` falls in, as [start, end)."""
+    now = now.astimezone(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
+def month_spent_nanos(*, account_id, purpose: str, now: datetime) -> int:
+    """What the account's payments for `purpose` charged, or may still charge, this UTC
+    month: succeeded and in-flight payments count, failed ones do not."""
+    start, end = utc_month_bounds(now)
+    total = Payment.objects.filter(
+        account_id=account_id, purpose=purpose, created_at__gte=start, created_at__lt=end,
+        status__in=[*Payment.IN_FLIGHT, Payment.Status.SUCCEEDED],
+    ).aggregate(total=Sum("amount_nanos"))["total"]
+    return total or 0
+
+
+def billing_profile_get(*, account_id):
+    """The account's billing profile; an unsaved one with the defaults if it has none."""
+    return (BillingProfile.objects.filter(account_id=account_id).first()
+            or BillingProfile(account_id=account_id))
+
+
+def account_cards(*, account_id) -> list:
+    return list(Card.objects.filter(account_id=account_id, removed_at__isnull=True)
+                .order_by("created_at", "id"))
+
+
+def account_purchases(*, account_id, limit: int = 100) -> list:
+    """Purchases, newest first, with their lot and the Stripe payment behind them."""
+    return list(Purchase.objects.filter(account_id=account_id)
+                .select_related("lot", "payment", "payment__card")
+                .order_by("-purchased_at")[:limit])
+
+
+def auto_reload_summary(*, account_id, now) -> dict:
+    """Auto-reload settings as the customer sees them (the credits read uses this too)."""
+    profile = billing_profile_get(account_id=account_id)
     return {
-        "enabled": threshold is not None,
-        "threshold_nanos": threshold if threshold is not None
-        else settings.AUTO_RELOAD_DEFAULT_THRESHOLD_NANOS,
-        "amount_nanos": settings.AUTO_RELOAD_DEFAULT_AMOUNT_NANOS,
-        "monthly_max_nanos": settings.AUTO_RELOAD_DEFAULT_MONTHLY_MAX_NANOS,
+        "enabled": profile.auto_reload_enabled,
+        "paused": profile.auto_reload_paused_at is not None,
+        "paused_reason": profile.auto_reload_paused_reason,
+        "threshold_nanos": profile.auto_reload_threshold_nanos,
+        "amount_nanos": profile.auto_reload_amount_nanos,
+        "monthly_max_nanos": profile.auto_reload_monthly_max_nanos,
+        "card_id": profile.auto_reload_card_id,
+        "charged_this_month_nanos": month_spent_nanos(
+            account_id=account_id, purpose=Payment.Purpose.AUTO_RELOAD, now=now),
     }
+
+
+def auto_scale_summary(*, account_id, now) -> dict:
+    profile = billing_profile_get(account_id=account_id)
+    return {
+        "max_monthly_spend_nanos": profile.auto_scale_max_monthly_nanos,
+        "charged_this_month_nanos": month_spent_nanos(
+            account_id=account_id, purpose=Payment.Purpose.AUTO_SCALE, now=now),
+        "card_id": profile.default_card_id,
+    }
+
+
+def account_subscription(*, account_id):
+    """The live subscription, else the most recent one, else None."""
+    subs = Subscription.objects.filter(account_id=account_id).order_by("-created_at")
+    return subs.filter(status__in=Subscription.LIVE_STATUSES).first() or subs.first()

@@ -5,6 +5,7 @@ and the ledger together, and keep the account's working balance equal to both.""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from uuid import UUID
 
 from django.conf import settings
@@ -179,9 +180,27 @@ def low_balance_record(*, account: Account, balance_before_nanos: int,
     threshold = account.auto_reload_threshold_nanos
     if threshold is None or not (balance_before_nanos >= threshold > account.balance_nanos):
         return None
-    return LowBalanceEvent.objects.create(
-        account=account, threshold_nanos=threshold, balance_before_nanos=balance_before_nanos,
-        balance_after_nanos=account.balance_nanos, created_at=now)
+    return low_balance_event_open(account=account, threshold_nanos=threshold,
+                                  balance_before_nanos=balance_before_nanos, now=now)
+
+
+def low_balance_event_open(*, account: Account, threshold_nanos: int,
+                           balance_before_nanos: int, now: datetime) -> LowBalanceEvent:
+    """Write the crossing and, once its transaction commits, hand it to auto-reload. A
+    broker that cannot take the task does not fail the caller: the periodic sweep picks
+    up crossings nobody handled."""
+    event = LowBalanceEvent.objects.create(
+        account=account, threshold_nanos=threshold_nanos,
+        balance_before_nanos=balance_before_nanos, balance_after_nanos=account.balance_nanos,
+        created_at=now)
+    transaction.on_commit(partial(_auto_reload_enqueue, event.id), robust=True)
+    return event
+
+
+def _auto_reload_enqueue(low_balance_event_id: int) -> None:
+    from billing.tasks import auto_reload_for_crossing
+
+    auto_reload_for_crossing.delay(low_balance_event_id)
 
 
 def credit_lots_expire(*, account: Account, now: datetime) -> int:

@@ -4,7 +4,8 @@ enqueue per-account work. Every task is a no-op when rerun."""
 from celery import shared_task
 from django.utils import timezone
 
-from billing import services
+from billing import payments, services
+from billing.stripe_gateway import StripeUnavailable
 
 
 @shared_task(acks_late=True)
@@ -31,3 +32,32 @@ def free_grants_refresh_due() -> int:
     for account_id in account_ids:
         free_grant_refresh_for_account.delay(str(account_id))
     return len(account_ids)
+
+
+# --- Payments ---------------------------------------------------------------------------
+# acks_late: a worker that dies mid-task leaves the message to be redelivered; the services
+# make every rerun a no-op or a resumption with the same Stripe idempotency key.
+
+
+@shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
+             retry_backoff_max=300, max_retries=10)
+def auto_reload_for_crossing(low_balance_event_id: int) -> None:
+    payments.auto_reload_run(low_balance_event_id=low_balance_event_id)
+
+
+@shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
+             retry_backoff_max=300, max_retries=10)
+def payment_resume(payment_id: str) -> None:
+    payments.payment_resume(payment_id=payment_id)
+
+
+@shared_task
+def payments_resume_stalled() -> int:
+    now = timezone.now()
+    payment_ids = payments.payments_stalled(now=now)
+    for payment_id in payment_ids:
+        payment_resume.delay(str(payment_id))
+    event_ids = payments.low_balance_events_unhandled(now=now)
+    for event_id in event_ids:
+        auto_reload_for_crossing.delay(event_id)
+    return len(payment_ids) + len(event_ids)

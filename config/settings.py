@@ -138,6 +138,10 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # Apps add their own periodic work to CELERY_BEAT_SCHEDULE below this line.
+CELERY_BEAT_SCHEDULE["resume-stalled-payments"] = {
+    "task": "billing.tasks.payments_resume_stalled",
+    "schedule": timedelta(minutes=1),
+}
 
 RATELIMIT_USE_CACHE = "default"
 
@@ -197,6 +201,22 @@ STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
 STRIPE_PUBLISHABLE_KEY = os.environ.get("STRIPE_PUBLISHABLE_KEY", "")
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+# Webhooks older than this (by their signed timestamp) are refused as replays.
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# The one class that talks to Stripe (billing/stripe_gateway.py).
+BILLING_STRIPE_GATEWAY = os.environ.get("BILLING_STRIPE_GATEWAY",
+                                        "billing.stripe_gateway.StripeGateway")
+# A credit purchase: whole cents between these.
+PURCHASE_MIN_CENTS = env_int("PURCHASE_MIN_CENTS", 500)
+PURCHASE_MAX_CENTS = env_int("PURCHASE_MAX_CENTS", 1_000_000)
+# A worker charging a card holds the payment this long; after that, another may resume
+# the charge (with the same idempotency key).
+PAYMENT_CLAIM_SECONDS = env_int("PAYMENT_CLAIM_SECONDS", 120)
+# Auto-scale: callers within this long of a successful auto-scale purchase are taken to
+# belong to the same burst and do not buy again; a caller waits at most this long for a
+# purchase in flight.
+AUTO_SCALE_BURST_SECONDS = env_int("AUTO_SCALE_BURST_SECONDS", 60)
+AUTO_SCALE_WAIT_SECONDS = env_int("AUTO_SCALE_WAIT_SECONDS", 30)
 
 LOGGING = {
     "version": 1,
@@ -213,9 +233,3 @@ CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
     "task": "metering.tasks.holds_expire_due",
     "schedule": timedelta(seconds=30),
 }
-
-# Auto-reload defaults (DESIGN.md): reload $10 when the balance falls below $3, at most
-# $100 in a UTC calendar month.
-AUTO_RELOAD_DEFAULT_THRESHOLD_NANOS = 3 * 10**9
-AUTO_RELOAD_DEFAULT_AMOUNT_NANOS = 10 * 10**9
-AUTO_RELOAD_DEFAULT_MONTHLY_MAX_NANOS = 100 * 10**9

@@ -3,6 +3,7 @@ from django.http import HttpResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from billing.webhooks import stripe_webhook
 from config.api import json_not_found
 
 internal_v1 = [
@@ -13,7 +14,7 @@ internal_v1 = [
     path("docs", SpectacularRedocView.as_view(url_name="internal-schema"),
          name="internal-docs"),
     # Any other path under /internal/v1/, newlines included, gets the JSON 404.
-    re_path(r"^(?s:.*)$", json_not_found),
+    re_path(r"^[\s\S]*$", json_not_found),
 ]
 
 def healthz(request):
@@ -23,7 +24,8 @@ def healthz(request):
 
 public_v1 = [
     path("", include("billing.urls_public")),
-    re_path(r"^.*$", json_not_found),
+    path("", include("billing.customer_urls")),
+    re_path(r"^[\s\S]*$", json_not_found),
 ]
 
 urlpatterns = [
@@ -31,4 +33,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
     path("api/v1/", include(public_v1)),
+    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
 ]

@@ -1,0 +1,267 @@
+"""Stripe webhooks: `POST /stripe/webhook`.
+
+1. The `Stripe-Signature` header is verified on the raw body, with the signing secret and
+   a timestamp tolerance. A forged signature, a tampered body or a stale timestamp gets a
+   400 and nothing is written.
+2. The event is stored by its Stripe id (unique) before anything else is done with it.
+3. It is processed once: one transaction locks the stored event, applies it and marks it
+   processed, so a redelivery, or the same event delivered many times at once, does
+   nothing more. What a handler needs to read from Stripe it reads first, outside that
+   transaction. A handler that fails leaves the event unprocessed and answers 500, so
+   Stripe delivers it again.
+
+Every handler is correct whatever order events arrive in: purchases are recorded once by
+reference, refunds and disputes once by their Stripe id, and subscription and dispute
+states never go back to older news (see the services they call).
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from billing import payments, refunds, subscriptions
+from billing.models import Card, Payment, StripeEvent, Subscription
+from billing.stripe_gateway import (
+    ChargeState,
+    CheckoutSessionState,
+    DisputeState,
+    IntentState,
+    InvoiceState,
+    SetupIntentState,
+    SubscriptionState,
+    stripe_gateway,
+)
+from config.api import error_body
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookRefused(Exception):
+    code = "invalid_signature"
+
+
+class WebhookPayloadInvalid(WebhookRefused):
+    code = "invalid_request"
+
+
+def stripe_event_receive(*, payload: bytes, signature: str,
+                         now: datetime | None = None) -> StripeEvent:
+    """Verify a delivery and store its event (once). Raises WebhookRefused, having
+    written nothing, when the delivery is not authentic or not recent."""
+    now = now or timezone.now()
+    secret = settings.STRIPE_WEBHOOK_SECRET
+    if not secret:
+        raise WebhookRefused("no webhook signing secret is configured")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload, signature, secret, tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise WebhookRefused(str(exc)) from None
+    try:
+        data = json.loads(payload)
+        event_id, event_type = str(data["id"]), str(data["type"])
+        created_at = datetime.fromtimestamp(int(data["created"]), tz=UTC)
+        if not isinstance(data["data"]["object"], dict):
+            raise TypeError("data.object is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WebhookPayloadInvalid(f"not a Stripe event: {exc}") from None
+    StripeEvent.objects.bulk_create([StripeEvent(
+        stripe_id=event_id, type=event_type, payload=data, created_at=created_at,
+        received_at=now)], ignore_conflicts=True)
+    return StripeEvent.objects.get(stripe_id=event_id)
+
+
+# --- Handlers: prepare (reads Stripe, no writes) and apply (inside the event's transaction) --
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    apply: Callable[[dict, Any, datetime, datetime], str]
+    prepare: Callable[[dict], Any] | None = None
+
+
+def _intent_apply(obj, prepared, event_at, now) -> str:
+    return payments.payment_intent_event_apply(intent=IntentState.parse(obj), now=now)
+
+
+def _setup_intent_prepare(obj):
+    setup = SetupIntentState.parse(obj)
+    account_id = payments.account_for_stripe_customer(setup.customer_id)
+    if account_id is None or not setup.payment_method_id or setup.status != "succeeded":
+        return None
+    if Card.objects.filter(stripe_payment_method_id=setup.payment_method_id).exists():
+        return None  # saved already (or removed since: it stays removed)
+    gateway = stripe_gateway()
+    details = gateway.payment_method_retrieve(setup.payment_method_id)
+    if details.customer_id is None:  # the local test server does not attach on confirm
+        details = gateway.payment_method_attach(payment_method_id=details.payment_method_id,
+                                                customer_id=setup.customer_id)
+    if details.customer_id != setup.customer_id:
+        return None
+    return account_id, details
+
+
+def _setup_intent_apply(obj, prepared, event_at, now) -> str:
+    if prepared is None:
+        return "ignored: nothing to save"
+    account_id, details = prepared
+    card = payments.card_record(account_id=account_id, details=details, now=now)
+    return f"card {card.id} saved"
+
+
+def _invoice_prepare(obj):
+    invoice = InvoiceState.parse(obj)
+    if not invoice.subscription_id or Subscription.objects.filter(
+            stripe_subscription_id=invoice.subscription_id).exists():
+        return None
+    if invoice.subscription_metadata.get("plan_code"):
+        return invoice.subscription_metadata["plan_code"]
+    if payments.account_for_stripe_customer(invoice.customer_id) is None:
+        return None
+    state = stripe_gateway().subscription_retrieve(invoice.subscription_id)
+    return subscriptions.plan_code_for(state)
+
+
+def _invoice_paid_apply(obj, plan_code, event_at, now) -> str:
+    return subscriptions.invoice_paid_apply(invoice=InvoiceState.parse(obj),
+                                            plan_code=plan_code, now=now)
+
+
+def _invoice_failed_apply(obj, prepared, event_at, now) -> str:
+    return subscriptions.invoice_failed_apply(invoice=InvoiceState.parse(obj), now=now)
+
+
+def _subscription_apply(obj, prepared, event_at, now) -> str:
+    return subscriptions.subscription_state_apply(state=SubscriptionState.parse(obj),
+                                                  event_at=event_at, now=now)
+
+
+def _charge_refunded_prepare(obj):
+    charge = ChargeState.parse(obj)
+    if refunds.purchase_for_payment_intent(charge.payment_intent_id) is None:
+        return charge, []
+    listed = charge.refunds
+    if listed is None:  # newer API versions leave the refunds out of the charge
+        listed = stripe_gateway().refunds_for_charge(charge.id)
+    return charge, list(listed)
+
+
+def _charge_refunded_apply(obj, prepared, event_at, now) -> str:
+    charge, listed = prepared
+    return refunds.charge_refunds_apply(charge=charge, refunds=listed, now=now)
+
+
+def _dispute_prepare(obj):
+    dispute = DisputeState.parse(obj)
+    if dispute.payment_intent_id is None and dispute.charge_id:
+        return stripe_gateway().charge_retrieve(dispute.charge_id)
+    return None
+
+
+def _dispute_apply(obj, charge, event_at, now) -> str:
+    return refunds.dispute_apply(dispute=DisputeState.parse(obj), charge=charge,
+                                 event_at=event_at, now=now)
+
+
+def _checkout_prepare(obj):
+    session = CheckoutSessionState.parse(obj)
+    if session.payment_status != "paid" or not session.payment_intent_id:
+        return None
+    return stripe_gateway().payment_intent_retrieve(session.payment_intent_id)
+
+
+def _checkout_apply(obj, intent, event_at, now) -> str:
+    session = CheckoutSessionState.parse(obj)
+    payment = Payment.objects.filter(stripe_checkout_session_id=session.id).first()
+    if payment is None:
+        return "ignored: not a checkout of ours"
+    if intent is None:
+        return "ignored: not paid yet"
+    payment = payments.payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
+    return f"payment {payment.id} {payment.status}"
+
+
+_INTENT = Handler(apply=_intent_apply)
+_INVOICE_PAID = Handler(prepare=_invoice_prepare, apply=_invoice_paid_apply)
+_SUBSCRIPTION = Handler(apply=_subscription_apply)
+_DISPUTE = Handler(prepare=_dispute_prepare, apply=_dispute_apply)
+_CHECKOUT = Handler(prepare=_checkout_prepare, apply=_checkout_apply)
+
+HANDLERS: dict[str, Handler] = {
+    "payment_intent.succeeded": _INTENT,
+    "payment_intent.payment_failed": _INTENT,
+    "payment_intent.canceled": _INTENT,
+    "payment_intent.processing": _INTENT,
+    "payment_intent.requires_action": _INTENT,
+    "setup_intent.succeeded": Handler(prepare=_setup_intent_prepare, apply=_setup_intent_apply),
+    # Stripe sends both for a paid invoice; the purchase is recorded once.
+    "invoice.paid": _INVOICE_PAID,
+    "invoice.payment_succeeded": _INVOICE_PAID,
+    "invoice.payment_failed": Handler(apply=_invoice_failed_apply),
+    "customer.subscription.created": _SUBSCRIPTION,
+    "customer.subscription.updated": _SUBSCRIPTION,
+    "customer.subscription.deleted": _SUBSCRIPTION,
+    "charge.refunded": Handler(prepare=_charge_refunded_prepare, apply=_charge_refunded_apply),
+    "charge.dispute.created": _DISPUTE,
+    "charge.dispute.updated": _DISPUTE,
+    "charge.dispute.closed": _DISPUTE,
+    "checkout.session.completed": _CHECKOUT,
+    "checkout.session.async_payment_succeeded": _CHECKOUT,
+}
+
+
+def stripe_event_process(*, stripe_id: str, now: datetime | None = None) -> str:
+    """Apply a stored event, once. Returns what it did."""
+    now = now or timezone.now()
+    event = StripeEvent.objects.get(stripe_id=stripe_id)
+    if event.processed_at is not None:
+        return event.outcome
+    handler = HANDLERS.get(event.type)
+    obj = event.payload["data"]["object"]
+    try:
+        prepared = handler.prepare(obj) if handler and handler.prepare else None
+        with transaction.atomic():
+            locked = StripeEvent.objects.select_for_update().get(id=event.id)
+            if locked.processed_at is not None:
+                return locked.outcome
+            outcome = (handler.apply(obj, prepared, event.created_at, now) if handler
+                       else "ignored: event type not handled")
+            StripeEvent.objects.filter(id=event.id).update(
+                processed_at=now, outcome=outcome[:255], attempts=F("attempts") + 1,
+                last_error="")
+            return outcome
+    except Exception as exc:
+        StripeEvent.objects.filter(id=event.id).update(attempts=F("attempts") + 1,
+                                                      last_error=repr(exc)[:4000])
+        raise
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request):
+    try:
+        event = stripe_event_receive(payload=request.body,
+                                     signature=request.headers.get("Stripe-Signature", ""))
+    except WebhookRefused as exc:
+        logger.warning("Stripe webhook refused: %s", exc)
+        return JsonResponse(error_body(400, exc.code, f"Webhook refused: {exc}"), status=400)
+    try:
+        outcome = stripe_event_process(stripe_id=event.stripe_id)
+    except Exception:
+        logger.exception("Stripe event %s (%s) failed", event.stripe_id, event.type)
+        return JsonResponse(error_body(500, "processing_failed",
+                                       "The event was stored but could not be processed; "
+                                       "deliver it again."), status=500)
+    return JsonResponse({"received": True, "id": event.stripe_id, "outcome": outcome})

@@ -1,0 +1,210 @@
+"""Refunds and disputes claw back exactly the unspent credit of the purchase's lot.
+
+Refunds are made on localstripe; localstripe sends no charge.refunded and has no disputes,
+so those events are built from localstripe's own charge (or, for disputes, by hand with
+its charge and payment ids), signed with the signing secret and posted to the service."""
+
+import time
+
+import pytest
+from django.contrib.admin.models import LogEntry
+
+from accounts.models import Account
+from accounts.services import account_status_set
+from billing.models import CreditLot, Dispute, LedgerEntry, Purchase, Reversal
+from billing.payments import auto_scale_purchase
+from billing.refunds import purchase_refund
+from billing.services import credit_debit
+from tests.billing.conftest import deliver, event_payload
+
+USD = 10**9
+
+pytestmark = pytest.mark.usefixtures("stripe_live")
+
+
+def _bought(customer, save_card, amount="25.00") -> Purchase:
+    save_card(customer)
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": amount}, format="json")
+    assert response.status_code == 201, response.content
+    return Purchase.objects.select_related("lot").get(id=response.data["purchase"]["purchase_id"])
+
+
+def _legs(reversal):
+    return sorted(LedgerEntry.objects.filter(transaction=reversal.ledger_transaction)
+                  .values_list("book", "amount_nanos", "lot_id"))
+
+
+def _charge_refunded(stripe_client, purchase) -> bytes:
+    intent = stripe_client.v1.payment_intents.retrieve(purchase.reference)
+    charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) \
+        else intent.latest_charge.id
+    charge = stripe_client.v1.charges.retrieve(charge_id).to_dict()
+    return event_payload("charge.refunded", charge)
+
+
+def _account(customer) -> Account:
+    return Account.objects.select_related("tier").get(id=customer.id)
+
+
+def test_a_partial_refund_claws_back_the_unspent_credit_once_and_lowers_the_tier(
+        make_customer, save_card, stripe_client, service_webhook_url):
+    # Given $25 bought (tier 3) and $10 spent: the $1 free lot first, then $9 of the purchase
+    customer = make_customer()
+    purchase = _bought(customer, save_card)
+    credit_debit(account_id=customer.id, amount_nanos=10 * USD, reason="usage")
+    assert CreditLot.objects.get(id=purchase.lot_id).remaining_nanos == 16 * USD
+    assert _account(customer).tier.name == "Tier 3"
+
+    # When staff refund $20 of it
+    reversal = purchase_refund(purchase_id=purchase.id, amount_nanos=20 * USD,
+                               reason="customer asked")
+
+    # Then the $16 left of the lot is clawed back; the other $4 is the platform's loss
+    assert (reversal.amount_nanos, reversal.clawed_nanos) == (20 * USD, 16 * USD)
+    assert _legs(reversal) == [("customer_credit", -16 * USD, purchase.lot_id),
+                               ("refund_shortfall", -4 * USD, None),
+                               ("stripe_cash", 20 * USD, None)]
+    assert CreditLot.objects.get(id=purchase.lot_id).remaining_nanos == 0
+    account = _account(customer)
+    assert account.balance_nanos == 0
+    purchase.refresh_from_db()
+    assert purchase.refunded_nanos == 20 * USD
+    assert (account.purchased_window_nanos, account.tier.name) == (5 * USD, "Tier 1")
+    [stripe_refund] = stripe_client.v1.refunds.list(
+        params={"payment_intent": purchase.reference}).data
+    assert (stripe_refund.id, stripe_refund.amount) == (reversal.stripe_id, 2000)
+
+    # When Stripe then reports the refund (twice), nothing more is clawed back
+    body = _charge_refunded(stripe_client, purchase)
+    assert deliver(service_webhook_url, body).json()["outcome"] == "0 refund(s) applied"
+    assert deliver(service_webhook_url, body).status_code == 200
+    assert Reversal.objects.filter(purchase=purchase).count() == 1
+    assert _account(customer).balance_nanos == 0
+
+    # When the rest is refunded from the Stripe dashboard and Stripe reports it
+    stripe_client.v1.refunds.create(params={"payment_intent": purchase.reference,
+                                            "amount": 500})
+    response = deliver(service_webhook_url, _charge_refunded(stripe_client, purchase))
+
+    # Then that refund alone is applied: nothing left to claw back, all of it shortfall
+    assert response.json()["outcome"] == "1 refund(s) applied"
+    latest = Reversal.objects.filter(purchase=purchase).latest("created_at")
+    assert (latest.amount_nanos, latest.clawed_nanos) == (5 * USD, 0)
+    purchase.refresh_from_db()
+    assert purchase.refunded_nanos == 25 * USD
+    assert _account(customer).tier.name == "Tier 0"
+
+
+def test_staff_refund_in_full_from_the_admin(make_customer, save_card, admin_client,
+                                             stripe_client):
+    # Given $10 bought and nothing spent of it
+    customer = make_customer()
+    purchase = _bought(customer, save_card, "10.00")
+
+    # When staff pick "Refund through Stripe…" on it, then confirm with a reason
+    changelist = "/admin/billing/purchase/"
+    form = admin_client.post(changelist, {"action": "refund_through_stripe",
+                                          "_selected_action": [str(purchase.id)]})
+    done = admin_client.post(changelist, {"action": "refund_through_stripe",
+                                          "_selected_action": [str(purchase.id)], "apply": "1",
+                                          "amount_usd": "", "reason": "duplicate purchase"})
+
+    # Then all of it is refunded and clawed back, and the action is in the admin's log
+    assert form.status_code == 200 and b"Refund through Stripe" in form.content
+    assert done.status_code == 302
+    reversal = Reversal.objects.get(purchase=purchase)
+    assert (reversal.amount_nanos, reversal.clawed_nanos) == (10 * USD, 10 * USD)
+    assert _account(customer).balance_nanos == 1 * USD  # the free credit is untouched
+    assert LogEntry.objects.filter(object_id=str(purchase.id),
+                                   change_message__contains="Refunded 10.000000000 USD").exists()
+    assert [r.amount for r in stripe_client.v1.refunds.list(
+        params={"payment_intent": purchase.reference}).data] == [1000]
+
+    # And refunding it again is refused with the reason, and changes nothing
+    again = admin_client.post(changelist, {"action": "refund_through_stripe",
+                                           "_selected_action": [str(purchase.id)],
+                                           "apply": "1", "amount_usd": "", "reason": "again"},
+                              follow=True)
+    assert b"at most 0.000000000 USD" in again.content
+    assert Reversal.objects.filter(purchase=purchase).count() == 1
+
+
+def _dispute(purchase, stripe_client, *, status, dispute_id="du_test_1") -> dict:
+    intent = stripe_client.v1.payment_intents.retrieve(purchase.reference)
+    charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) \
+        else intent.latest_charge.id
+    return {"id": dispute_id, "object": "dispute", "amount": purchase.amount_nanos // 10**7,
+            "currency": "usd", "charge": charge_id, "payment_intent": purchase.reference,
+            "reason": "fraudulent", "status": status}
+
+
+def test_a_dispute_suspends_the_account_and_a_lost_dispute_claws_back_the_unspent_credit(
+        make_customer, save_card, stripe_client, service_webhook_url, api):
+    # Given $25 bought, $5 spent ($1 free, then $4 of the purchase)
+    customer = make_customer()
+    purchase = _bought(customer, save_card)
+    credit_debit(account_id=customer.id, amount_nanos=5 * USD, reason="usage")
+
+    # When the cardholder disputes the charge (Stripe tells us three times)
+    opened = event_payload("charge.dispute.created",
+                           _dispute(purchase, stripe_client, status="needs_response"))
+    for _ in range(3):
+        assert deliver(service_webhook_url, opened).status_code == 200
+
+    # Then the account is suspended, once, and no credit is taken yet
+    account = api.get(f"/internal/v1/accounts/{customer.id}").json()
+    assert account["status"] == "suspended"
+    assert _account(customer).status_reason.startswith("Payment dispute du_test_1")
+    assert account["balance_usd"] == "21.000000000"
+    assert not Reversal.objects.exists()
+
+    # When the dispute is lost
+    lost = event_payload("charge.dispute.closed",
+                         _dispute(purchase, stripe_client, status="lost"))
+    assert deliver(service_webhook_url, lost).status_code == 200
+    assert deliver(service_webhook_url, lost).status_code == 200
+
+    # Then the unspent $21 is clawed back once, the tier falls, the account stays suspended
+    reversal = Reversal.objects.get(purchase=purchase)
+    assert (reversal.kind, reversal.amount_nanos, reversal.clawed_nanos) == (
+        "dispute", 25 * USD, 21 * USD)
+    assert _legs(reversal) == [("customer_credit", -21 * USD, purchase.lot_id),
+                               ("refund_shortfall", -4 * USD, None),
+                               ("stripe_cash", 25 * USD, None)]
+    account = api.get(f"/internal/v1/accounts/{customer.id}").json()
+    assert (account["balance_usd"], account["tier"]["name"], account["status"]) == (
+        "0.000000000", "Tier 0", "suspended")
+    assert Dispute.objects.get().status == "lost"
+
+    # And while suspended, the account takes no new payments
+    refused = customer.api.post("/api/v1/purchases", {"amount_usd": "10.00"}, format="json")
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_suspended")
+    assert auto_scale_purchase(account_id=customer.id) is False
+    assert Purchase.objects.filter(account_id=customer.id).count() == 1
+
+
+def test_dispute_news_in_any_order_suspends_once_and_a_won_dispute_leaves_it_to_staff(
+        make_customer, save_card, stripe_client, service_webhook_url):
+    # Given $25 bought
+    customer = make_customer()
+    purchase = _bought(customer, save_card)
+    now = int(time.time())
+
+    # When the dispute's closing (won) arrives before its opening
+    won = event_payload("charge.dispute.closed", _dispute(purchase, stripe_client,
+                                                          status="won"), created=now)
+    opened = event_payload("charge.dispute.created", _dispute(
+        purchase, stripe_client, status="needs_response"), created=now - 60)
+    assert deliver(service_webhook_url, won).status_code == 200
+    suspended_at = Dispute.objects.get().suspended_at
+    # and staff, having reviewed it, reinstate the account before the late opening arrives
+    account_status_set(account_id=customer.id, status="active", reason="dispute won")
+    assert deliver(service_webhook_url, opened).status_code == 200
+
+    # Then the dispute stays won, the account was suspended once and stays reinstated,
+    # and no credit was taken
+    dispute = Dispute.objects.get()
+    assert (dispute.status, dispute.suspended_at) == ("won", suspended_at)
+    assert _account(customer).status == "active"
+    assert not Reversal.objects.exists()
+    assert _account(customer).balance_nanos == 26 * USD

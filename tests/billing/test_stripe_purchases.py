@@ -1,0 +1,157 @@
+"""Buying credit with a card, on localstripe, with its webhooks delivered to the service."""
+
+import pytest
+
+from billing.models import Card, CreditLot, LedgerEntry, Payment, Purchase, StripeEvent
+from tests.billing.conftest import DECLINED_ON_CHARGE, DECLINED_ON_SAVE, GOOD_CARD, wait_until
+
+USD = 10**9
+
+pytestmark = pytest.mark.usefixtures("stripe_live")
+
+
+def _lots(account, source):
+    return list(CreditLot.objects.filter(account=account, source=source))
+
+
+def test_a_purchase_paid_with_a_good_card_grants_one_lot_and_unlocks_the_tier_at_once(
+        make_customer, save_card, stripe_live, api, stripe_client):
+    # Given a new customer (free credit only, lowest tier) with a good card saved
+    customer = make_customer()
+    assert customer.account.tier.name == "Tier 0"
+    saved = save_card(customer, GOOD_CARD)
+    assert saved.status_code == 201, saved.content
+    assert saved.data["last4"] == "4242" and saved.data["default"] is True
+
+    # When they buy $25 of credit with it
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json")
+
+    # Then it is paid at once, one lot of $25 is written, and the tier rises at once
+    assert response.status_code == 201, response.content
+    assert response.data["status"] == "succeeded"
+    assert response.data["amount_usd"] == "25.000000000"
+    intent_id = response.data["payment_intent_id"]
+    [lot] = _lots(customer.account, CreditLot.Source.PURCHASE)
+    assert lot.amount_nanos == lot.remaining_nanos == 25 * USD
+    purchase = Purchase.objects.get(account=customer.account)
+    assert (purchase.kind, purchase.reference, purchase.amount_nanos) == (
+        Purchase.Kind.STRIPE, intent_id, 25 * USD)
+    assert sorted(LedgerEntry.objects.filter(transaction__memo=f"Purchase {intent_id}")
+                  .values_list("book", "amount_nanos")) == [
+        ("customer_credit", 25 * USD), ("stripe_cash", -25 * USD)]
+    account = api.get(f"/internal/v1/accounts/{customer.id}").json()
+    assert account["tier"] == {"name": "Tier 3", "max_params_b": 70, "concurrency": 10}
+    assert account["balance_usd"] == "26.000000000"  # with the $1 of free credit
+
+    # And when Stripe's payment_intent.succeeded webhook arrives too, nothing more is added
+    stripe_live.wait_for("payment_intent.succeeded", intent_id)
+    event = StripeEvent.objects.get(type="payment_intent.succeeded",
+                                    payload__data__object__id=intent_id)
+    assert event.processed_at is not None
+    assert CreditLot.objects.filter(account=customer.account).count() == 2  # free + purchase
+    assert Purchase.objects.filter(account=customer.account).count() == 1
+    # Stripe charged the card once
+    customer_id = customer.refresh().billing_profile.stripe_customer_id
+    charges = stripe_client.v1.charges.list(params={"customer": customer_id})
+    assert [c.amount for c in charges.data] == [2500]
+
+
+def test_a_declined_card_grants_nothing_and_says_why(make_customer, save_card, stripe_live,
+                                                     api):
+    # Given a customer whose saved card is declined on every charge
+    customer = make_customer()
+    assert save_card(customer, DECLINED_ON_CHARGE).status_code == 201
+    before = api.get(f"/internal/v1/accounts/{customer.id}").json()
+
+    # When they try to buy credit
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": "10.00"}, format="json")
+
+    # Then the payment fails with the reason, and no credit, purchase or ledger entry exists
+    assert response.status_code == 402, response.content
+    body = response.json()
+    assert body["code"] == "payment_failed" and body["reason"] == "card_declined"
+    assert body["message"] == "Your card was declined."
+    payment = Payment.objects.get(id=body["payment_id"])
+    assert payment.status == Payment.Status.FAILED and payment.purchase is None
+    assert not Purchase.objects.filter(account=customer.account).exists()
+    assert _lots(customer.account, CreditLot.Source.PURCHASE) == []
+    after = api.get(f"/internal/v1/accounts/{customer.id}").json()
+    assert (after["balance_usd"], after["tier"]) == (before["balance_usd"], before["tier"])
+
+    # And the payment_failed webhook that follows changes nothing
+    wait_until(lambda: StripeEvent.objects.filter(
+        type="payment_intent.payment_failed", processed_at__isnull=False,
+        payload__data__object__metadata__payment_id=str(payment.id)).exists())
+    assert not Purchase.objects.filter(account=customer.account).exists()
+    payment.refresh_from_db()
+    assert payment.status == Payment.Status.FAILED
+
+
+def test_a_card_declined_when_saved_is_not_saved(make_customer, save_card, stripe_live):
+    customer = make_customer()
+
+    response = save_card(customer, DECLINED_ON_SAVE)
+
+    assert response.browser_status == 402  # Stripe.js shows the decline
+    assert response.status_code == 400
+    assert response.json()["code"] == "card_not_saved"
+    assert not Card.objects.filter(account=customer.account).exists()
+
+
+@pytest.mark.parametrize("amount, problem", [
+    ("4.99", "Must be between 5.000000000 and 10000.000000000."),
+    ("10000.01", "Must be between 5.000000000 and 10000.000000000."),
+    ("5.001", "Must be a whole number of cents."),
+    ("0", "Must be greater than zero."),
+    (5, 'Must be a decimal string in US dollars, e.g. "10.00".'),
+])
+def test_a_purchase_outside_the_limits_is_refused_and_writes_nothing(
+        make_customer, save_card, amount, problem):
+    customer = make_customer()
+    save_card(customer)
+
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": amount}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "status": 400, "error": "Bad Request", "code": "invalid_request",
+        "message": "The request is invalid.", "fields": {"amount_usd": [problem]}}
+    assert not Payment.objects.exists()
+    assert not Purchase.objects.exists()
+
+
+def test_a_purchase_confirmed_in_the_browser_is_recorded_when_the_customer_comes_back(
+        make_customer, save_card, stripe_live, stripe_client):
+    # Given a purchase created without confirming it (the browser will, with Stripe.js)
+    customer = make_customer()
+    save_card(customer)
+    created = customer.api.post("/api/v1/purchases", {"amount_usd": "12.34", "confirm": False},
+                                format="json")
+    assert created.status_code == 201, created.content
+    assert created.data["status"] == "requires_action"
+    assert created.data["client_secret"].startswith(created.data["payment_intent_id"])
+    assert not Purchase.objects.exists()
+
+    # When the browser confirms it and the dashboard asks the service how it went
+    stripe_client.v1.payment_intents.confirm(created.data["payment_intent_id"])
+    confirmed = customer.api.post(f"/api/v1/purchases/{created.data['payment_id']}/confirm")
+
+    # Then the purchase is recorded once, and asking again changes nothing
+    assert confirmed.status_code == 200, confirmed.content
+    assert confirmed.data["status"] == "succeeded"
+    assert confirmed.data["purchase"]["amount_usd"] == "12.340000000"
+    again = customer.api.post(f"/api/v1/purchases/{created.data['payment_id']}/confirm")
+    assert again.data["status"] == "succeeded"
+    assert Purchase.objects.get(account=customer.account).amount_nanos == 12_340_000_000
+    listed = customer.api.get("/api/v1/purchases")
+    assert [(p["kind"], p["amount_usd"], p["receipt"]["card"]) for p in listed.data] == [
+        ("stripe", "12.340000000", "visa 4242")]
+
+
+def test_the_customer_api_needs_a_valid_key(anon_api, db):
+    missing = anon_api.get("/api/v1/purchases")
+    anon_api.credentials(HTTP_AUTHORIZATION="Bearer bk_nope_nope")
+    wrong = anon_api.get("/api/v1/purchases")
+
+    assert missing.status_code == 401 and missing.json()["code"] == "unauthorized"
+    assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_api_key"
