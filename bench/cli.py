@@ -32,8 +32,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
 # Measured on the 2-core machine with --compare-servers (bench/README.md, "Which gunicorn
 # workers"): sync workers answered faster and more per second than gthread at every rate.
 DEFAULT_SERVER = "sync:4"
-COMPARE_SERVERS = ("sync:2", "sync:3", "sync:4", "sync:6", "gthread:1x8", "gthread:2x2",
-                   "gthread:2x4", "gthread:2x8")
+COMPARE_SERVERS = ("sync:2", "sync:4", "sync:8", "gthread:2x4", "gthread:2x8", "gthread:4x4")
 RESULTS_DIR = ROOT / "bench" / "results"
 NOISE_CORES = 0.3  # CPU used by processes outside the benchmark above which a step is noisy
 
@@ -72,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="CONFIGS",
                         help="instead of the benchmark, compare gunicorn worker set-ups "
                              f"(default: {','.join(COMPARE_SERVERS)})")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --compare-servers: rounds of all set-ups (default 2)")
     parser.add_argument("--output", type=Path, help="results file (default "
                         "bench/results/<timestamp>.json)")
     args = parser.parse_args(argv)
@@ -155,12 +156,32 @@ def server_start(ctx: Context, config: ServerConfig) -> Server:
 
 
 def accounts_provision(ctx: Context) -> str | None:
-    """Creates the accounts; returns why the run path cannot be measured, or None."""
+    """Creates the model and the accounts; returns why the run path cannot be measured,
+    or None."""
     client = provision.InternalClient(ctx.server.port, ctx.token)
     provision.model_ensure(client)
-    ctx.accounts = [provision.account_provision(client, tag=f"{ctx.tag}-{i}")
-                    for i in range(ctx.args.accounts)]
+    accounts_fresh(ctx)
     return provision.run_path_probe(client, ctx.accounts[0], tag=ctx.tag)
+
+
+def accounts_fresh(ctx: Context) -> None:
+    """New accounts for the next step: a request the generator gave up on may still
+    have reserved a slot, and must not take it from the next step."""
+    client = provision.InternalClient(ctx.server.port, ctx.token)
+    ctx.accounts = [provision.account_provision(client, tag=f"{ctx.tag}-s{ctx.step_no}-{i}")
+                    for i in range(ctx.args.accounts)]
+
+
+def accounts_left_open(ctx: Context) -> list[dict]:
+    """What the step's accounts still hold: after a clean step, no slot and no money."""
+    client = provision.InternalClient(ctx.server.port, ctx.token)
+    left = []
+    for account in ctx.accounts:
+        _, body = client.call("GET", f"/internal/v1/accounts/{account.account_id}")
+        left.append({"account_id": account.account_id,
+                     "slots_in_use": (body.get("concurrency") or {}).get("in_use"),
+                     "held_usd": body.get("held_usd")})
+    return left
 
 
 # --- steps ------------------------------------------------------------------------------------
@@ -170,6 +191,8 @@ def step(ctx: Context, label: str, *, scenario: str, rate: float = 0, duration: 
          path: str = "/healthz", authorized: bool = False) -> dict:
     print(f"  {label:<44}", end="", flush=True)
     ctx.step_no += 1
+    if scenario != "get":
+        accounts_fresh(ctx)
     meter = ctx.cpu_meter()
     meter.start()
     run = loadgen.run(
@@ -189,10 +212,16 @@ def step(ctx: Context, label: str, *, scenario: str, rate: float = 0, duration: 
     main = summary["pairs" if scenario == "pair" else
                    "requests" if scenario == "get" else scenario]
     latency = main["latency"]
-    print(f"p50 {report._ms(latency['p50_ms'])} ms  p99 {report._ms(latency['p99_ms'])} ms  "
-          f"{main['achieved_rate'] or 0:.0f}/s  errors: {report._errors(main['errors'])}",
-          flush=True)
+    if main["requests"]:
+        print(f"p50 {report._ms(latency['p50_ms'])} ms  p99 {report._ms(latency['p99_ms'])} ms"
+              f"  {main['achieved_rate'] or 0:.0f}/s  errors: {report._errors(main['errors'])}",
+              flush=True)
+    else:
+        print("no measured request was answered; all requests: "
+              f"{report._errors(summary['statuses_all'])}", flush=True)
     time.sleep(0.5 if ctx.args.quick else 1.0)  # let the database's background work settle
+    if scenario != "get":
+        summary["left_open"] = accounts_left_open(ctx)
     return summary
 
 
@@ -208,7 +237,7 @@ def empty_view_steps(ctx: Context) -> dict:
 def service_steps(ctx: Context) -> dict:
     args = ctx.args
     service: dict = {}
-    for scenario, unit in (("pair", "pairs/s"), ("authorize", "/s"), ("settle", "/s")):
+    for scenario, unit in (("pair", " pairs/s"), ("authorize", "/s"), ("settle", "/s")):
         key = "pairs" if scenario == "pair" else scenario
         name = {"pair": "pairs", "authorize": "authorize alone", "settle": "settle alone"}
         steps = {str(rate): step(ctx, f"{name[scenario]} at {rate}{unit}",
@@ -220,17 +249,8 @@ def service_steps(ctx: Context) -> dict:
     return service
 
 
-def post_checks(ctx: Context, *, run_path: bool) -> dict:
+def post_checks(ctx: Context) -> dict:
     checks: dict = {}
-    if run_path:
-        client = provision.InternalClient(ctx.server.port, ctx.token)
-        left = []
-        for account in ctx.accounts:
-            _, body = client.call("GET", f"/internal/v1/accounts/{account.account_id}")
-            left.append({"account_id": account.account_id,
-                         "slots_in_use": body.get("concurrency", {}).get("in_use"),
-                         "held_usd": body.get("held_usd")})
-        checks["holds_left_open"] = left
     ledger = subprocess.run([sys.executable, "manage.py", "ledger_check"], cwd=ROOT,
                             env=service_env(ctx.args), capture_output=True, text=True)
     checks["ledger_check"] = {"exit_code": ledger.returncode,
@@ -272,6 +292,20 @@ def noise_notes(results: dict) -> list[str]:
     return notes
 
 
+def leak_notes(results: dict) -> list[str]:
+    notes = []
+    for kind, steps in (results.get("service") or {}).items():
+        if not isinstance(steps, dict):
+            continue
+        for key, step_result in steps.items():
+            for account in step_result.get("left_open", []):
+                if account["slots_in_use"]:
+                    notes.append(f"service {kind} {key}: {account['slots_in_use']} slots still "
+                                 f"in use a second after the step (account "
+                                 f"{account['account_id']}): requests given up on, or leaked")
+    return notes
+
+
 def machine_info() -> dict:
     try:
         cpu_model = next(line.split(":", 1)[1].strip()
@@ -304,93 +338,124 @@ def benchmark(ctx: Context) -> dict:
         args.database_url, seconds=min(args.duration, 3.0))
     print(f"Starting gunicorn ({args.server.name}) ...", flush=True)
     server = server_start(ctx, args.server)
-    run_path = False
     try:
         skipped = accounts_provision(ctx)
-        run_path = skipped is None
-        results["config"]["account_ids"] = [a.account_id for a in ctx.accounts]
+        results["config"]["probe_account_ids"] = [a.account_id for a in ctx.accounts]
         results["config"]["tier_concurrency"] = ctx.accounts[0].tier_concurrency
         print("Baseline (b): empty view", flush=True)
         results["baseline"]["empty_view"] = empty_view_steps(ctx)
         if args.baseline_only:
             results["service"] = {"skipped": "--baseline-only"}
-            run_path = False
         elif skipped:
             results["service"] = {"skipped": skipped}
             print(f"Service: skipped: {skipped}", flush=True)
         else:
             print("Service: the run path", flush=True)
             results["service"] = service_steps(ctx)
-        results["checks"] = post_checks(ctx, run_path=run_path)
+        results["checks"] = post_checks(ctx)
     finally:
         server.stop()
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["generator_cost"] = generator_cost_summary(results)
     results["ratios"] = report.ratios(results, args.rates)
     results["targets"] = report.targets(results, hot_account=args.accounts == 1)
-    results["notes"] = noise_notes(results)
+    results["notes"] = noise_notes(results) + leak_notes(results)
     if results["checks"]["ledger_check"]["exit_code"] != 0:
         results["notes"].append("ledger_check found differences after the run: see "
                                 "checks.ledger_check in the results file")
     return results
 
 
-def _latency_cell(row: dict, name: str, kind: str = "requests") -> str:
-    if name not in row:
-        return "-"
-    latency = row[name][kind]["latency"]
-    return f"{report._ms(latency['p50_ms'])}/{report._ms(latency['p99_ms'])}"
-
-
-def _rate_cell(row: dict, name: str, kind: str = "requests") -> str:
-    return f"{row[name][kind]['achieved_rate'] or 0:.0f}" if name in row else "-"
+# (key, label, scenario, offered rate or 0 for the maximum, path)
+COMPARE_STEPS = (
+    ("empty_view_1000", "empty view at 1000/s", "get", 1000, "/healthz"),
+    ("empty_view_max", "empty view max", "get", 0, "/healthz"),
+    ("account_read_100", "account read at 100/s", "get", 100, "account"),
+    ("account_read_max", "account read max", "get", 0, "account"),
+    ("pairs_100", "pairs at 100 pairs/s", "pair", 100, ""),
+    ("pairs_max", "pairs max", "pair", 0, ""),
+)
 
 
 def compare_servers(ctx: Context, configs: list[ServerConfig]) -> dict:
-    """The same short steps under each worker set-up: the empty view, a database-bound read
-    (GET an account: several queries per request) and, when the build has it, pairs."""
+    """The same short steps under each worker set-up, in rounds (the set-ups take turns, so
+    that a burst of someone else's load does not land on one set-up only): the empty view,
+    a database-bound read (GET an account: several queries) and, when the build has the
+    run path, pairs. Best of the rounds for latency and throughput (interference only ever
+    makes a number worse); CPU per request (server and PostgreSQL), which interference
+    moves least, as the median."""
     args = ctx.args
     duration = min(args.duration, 5.0)
-    rows = []
+    runs: dict[str, list[dict]] = {config.name: [] for config in configs}
     run_path = False
-    for config in configs:
-        print(f"gunicorn {config.name}", flush=True)
-        server = server_start(ctx, config)
-        try:
-            if not ctx.accounts:
-                run_path = accounts_provision(ctx) is None
-            account_path = f"/internal/v1/accounts/{ctx.accounts[0].account_id}"
-            row = {"server": config.name,
-                   "empty_view_1000": step(ctx, "empty view at 1000/s", scenario="get",
-                                           rate=1000, duration=duration),
-                   "empty_view_max": step(ctx, "empty view max", scenario="get",
-                                          duration=args.max_duration),
-                   "account_read_500": step(ctx, "account read at 500/s", scenario="get",
-                                            rate=500, duration=duration, path=account_path,
-                                            authorized=True),
-                   "account_read_max": step(ctx, "account read max", scenario="get",
-                                            duration=args.max_duration, path=account_path,
-                                            authorized=True)}
-            if run_path:
-                row["pairs_500"] = step(ctx, "pairs at 500/s", scenario="pair", rate=500,
-                                        duration=duration)
-                row["pairs_max"] = step(ctx, "pairs max", scenario="pair",
-                                        duration=args.max_duration)
-            rows.append(row)
-        finally:
-            server.stop()
-    print("")
-    print(f"{'server':<14}{'healthz@1000 p50/p99':>22}{'healthz max':>13}"
-          f"{'read@500 p50/p99':>20}{'read max':>10}{'pairs@500 p50/p99':>21}{'pairs max':>11}")
-    for row in rows:
-        print(f"{row['server']:<14}{_latency_cell(row, 'empty_view_1000'):>22}"
-              f"{_rate_cell(row, 'empty_view_max'):>13}"
-              f"{_latency_cell(row, 'account_read_500'):>20}"
-              f"{_rate_cell(row, 'account_read_max'):>10}"
-              f"{_latency_cell(row, 'pairs_500', 'pairs'):>21}"
-              f"{_rate_cell(row, 'pairs_max', 'pairs'):>11}")
+    for round_no in range(args.rounds):
+        for config in configs[round_no % len(configs):] + configs[:round_no % len(configs)]:
+            print(f"gunicorn {config.name} (round {round_no + 1} of {args.rounds})", flush=True)
+            server_start(ctx, config)
+            try:
+                if not ctx.accounts:
+                    run_path = accounts_provision(ctx) is None
+                account_path = f"/internal/v1/accounts/{ctx.accounts[0].account_id}"
+                row = {}
+                for key, label, scenario, rate, path in COMPARE_STEPS:
+                    if scenario == "pair" and not run_path:
+                        continue
+                    row[key] = step(ctx, label, scenario=scenario, rate=rate,
+                                    duration=duration if rate else args.max_duration,
+                                    path=account_path if path == "account" else path or "/",
+                                    authorized=path == "account")
+                runs[config.name].append(row)
+            finally:
+                ctx.server.stop()
+    table = {name: _compare_best(rows) for name, rows in runs.items()}
+    _compare_print(table)
     return {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine_info(), "mode": "compare-servers", "servers": rows}
+            "machine": machine_info(), "mode": "compare-servers", "rounds": args.rounds,
+            "best": table, "runs": runs}
+
+
+def _compare_best(rows: list[dict]) -> dict:
+    best: dict = {}
+    for key, _, scenario, _, _ in COMPARE_STEPS:
+        steps = [row[key] for row in rows if key in row]
+        if not steps:
+            continue
+        kind = "pairs" if scenario == "pair" else "requests"
+        answered = [s for s in steps if s[kind]["latency"]["count"]]
+        cpu = sorted((s["cpu"]["server_us_per_request"] or 0)
+                     + (s["cpu"]["database_us_per_request"] or 0) for s in steps)
+        best[key] = {
+            "p50_ms": min((s[kind]["latency"]["p50_ms"] for s in answered), default=None),
+            "p99_ms": min((s[kind]["latency"]["p99_ms"] for s in answered), default=None),
+            "achieved_rate": max((s[kind]["achieved_rate"] or 0 for s in steps), default=0),
+            "errors": [s[kind]["errors"] for s in steps],
+            "server_and_db_us_per_request": cpu[len(cpu) // 2],
+            "other_cores": [s["cpu"]["other_cores"] for s in steps],
+        }
+    return best
+
+
+def _compare_print(table: dict) -> None:
+    print("")
+    print("Best of the rounds: latency p50/p99 ms at a fixed rate; max throughput/s and its "
+          "CPU (server + PostgreSQL) in us per request")
+    header = f"{'server':<13}"
+    for title in ("healthz@1000", "healthz max", "read@100", "read max", "pairs@100",
+                  "pairs max"):
+        header += f"{title:>17}"
+    print(header)
+    for name, best in table.items():
+        line = f"{name:<13}"
+        for key, _, _, rate, _ in COMPARE_STEPS:
+            cell = best.get(key)
+            if cell is None:
+                line += f"{'-':>17}"
+            elif rate:
+                line += f"{report._ms(cell['p50_ms']) + '/' + report._ms(cell['p99_ms']):>17}"
+            else:
+                text = f"{cell['achieved_rate']:.0f} ({cell['server_and_db_us_per_request']:.0f}us)"
+                line += f"{text:>17}"
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:

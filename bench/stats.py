@@ -118,7 +118,7 @@ def step_summary(records: list[Record], *, scenario: str, windows: list[list[int
         settles = [r for r in measured if r.kind == KIND_SETTLE]
         settled_ok = [r for r in settles if r.ok]
         summary["pairs"] = {
-            "started": len(authorizes), "ok": len(settled_ok),
+            "requests": len(authorizes), "ok": len(settled_ok),
             "achieved_rate": rate(len(settled_ok), seconds),
             "latency": latency_summary([r.done_ns - r.origin_ns for r in settled_ok]),
             "errors": errors_by_status(authorizes + settles),
@@ -133,4 +133,5 @@ def step_summary(records: list[Record], *, scenario: str, windows: list[list[int
         summary[scenario if scenario != "get" else "requests"] = kind_summary(mine, seconds)
         first_requests = mine
     summary["generator"] = generator_lateness(first_requests)
+    summary["statuses_all"] = status_counts(records)  # with warm-up and unmeasured phases
     return summary
