@@ -29,9 +29,10 @@ from bench.server import ROOT, CpuMeter, Server, ServerConfig
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
-# Measured on the 2-core machine with --compare-servers (bench/README.md, "Which gunicorn
-# workers"): sync workers answered faster and more per second than gthread at every rate.
-DEFAULT_SERVER = "sync:4"
+# Chosen with --compare-servers on the 2-core machine (bench/README.md, "Which gunicorn
+# workers"): kept-alive connections, the shortest tails at fixed rates, the least CPU per
+# empty-view request and the most pairs per second.
+DEFAULT_SERVER = "gthread:2x4"
 COMPARE_SERVERS = ("sync:2", "sync:4", "sync:8", "gthread:2x4", "gthread:2x8", "gthread:4x4")
 RESULTS_DIR = ROOT / "bench" / "results"
 NOISE_CORES = 0.3  # CPU used by processes outside the benchmark above which a step is noisy
