@@ -179,14 +179,20 @@ def print_report(results: dict) -> None:
             f"{generator['core_share_at_highest_rate']:.1%} of one core at "
             f"{generator['highest_rate']} requests/s offered")
     out("Ratios to the baseline")
-    for row in results.get("ratios", []):
-        if row["ratio"] is not None:
-            out(f"  {row['ratio']:>8.2f}  {row['name']}  ({row['numerator']} / "
-                f"{row['denominator']})")
+    measured = [row for row in results.get("ratios", []) if row["ratio"] is not None]
+    for row in measured:
+        out(f"  {row['ratio']:>8.2f}  {row['name']}  ({row['numerator']} / "
+            f"{row['denominator']})")
+    if not measured:
+        out("  none: the service was not measured")
     out("Targets")
     for row in results.get("targets", []):
         mark = {True: "MET    ", False: "NOT MET", None: "not measured"}[row["met"]]
         out(f"  [{mark}] {row['target']}: {row['measured']}")
+    ledger = _get(results, "checks", "ledger_check")
+    if ledger:
+        out("Books after the run (manage.py ledger_check): "
+            + ("balanced" if ledger["exit_code"] == 0 else "DIFFERENCES, see the results file"))
     for note in results.get("notes", []):
         out(f"Note: {note}")
     out(f"Results: {results.get('output_path')}")
