@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import loadgen, pg_baseline, provision, report, stats
-from bench.server import ROOT, CpuMeter, Server, ServerConfig
+from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
@@ -190,8 +190,25 @@ def accounts_left_open(ctx: Context) -> list[dict]:
 
 def step(ctx: Context, label: str, *, scenario: str, rate: float = 0, duration: float,
          path: str = "/healthz", authorized: bool = False) -> dict:
+    """One step; a step that fails is recorded as {"error": ...} and the run goes on."""
     print(f"  {label:<44}", end="", flush=True)
     ctx.step_no += 1
+    try:
+        summary = _step(ctx, scenario=scenario, rate=rate, duration=duration, path=path,
+                        authorized=authorized)
+    except (loadgen.LoadgenError, provision.ProvisionError, OSError) as exc:
+        print(f"failed: {exc}", flush=True)
+        summary = {"error": str(exc)}
+    drained = server_idle_wait(ctx)
+    if drained is None:
+        summary["server_busy_after"] = "still busy 120 s after the step"
+    elif drained > 1:
+        summary["server_busy_after_s"] = round(drained, 1)
+    return summary
+
+
+def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: str,
+          authorized: bool) -> dict:
     if scenario != "get":
         accounts_fresh(ctx)
     meter = ctx.cpu_meter()
@@ -205,7 +222,8 @@ def step(ctx: Context, label: str, *, scenario: str, rate: float = 0, duration: 
     cpu = meter.stop(generator_cpu_seconds=run.cpu_seconds,
                      requests=run.summary["requests_sent"])
     summary = stats.step_summary(run.records, scenario=scenario,
-                                 windows=run.summary["measured_windows"])
+                                 windows=run.summary["measured_windows"],
+                                 abandoned=run.summary["abandoned"])
     summary["offered"] = (rate if rate > 0
                           else f"max: closed loop, {ctx.args.concurrency} in flight")
     summary["cpu"] = cpu
@@ -224,6 +242,19 @@ def step(ctx: Context, label: str, *, scenario: str, rate: float = 0, duration: 
     if scenario != "get":
         summary["left_open"] = accounts_left_open(ctx)
     return summary
+
+
+def server_idle_wait(ctx: Context, limit: float = 120.0) -> float | None:
+    """Seconds until the server answers the empty view promptly again (an overloaded step
+    leaves requests queued in it), or None if it never did within `limit`."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        t0 = time.monotonic()
+        status = http_get_status(ctx.server.port, "/healthz", timeout=5.0)
+        if status == 200 and time.monotonic() - t0 < 0.05:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return None
 
 
 def empty_view_steps(ctx: Context) -> dict:
@@ -265,7 +296,7 @@ def generator_cost_summary(results: dict) -> dict | None:
     for group, steps, per_unit in (("empty view", results["baseline"].get("empty_view", {}), 1),
                                    ("pairs", results.get("service", {}).get("pairs", {}), 2)):
         for key, step_result in steps.items():
-            if key != "max":
+            if key != "max" and "generator_cost" in step_result:
                 candidates.append((int(key) * per_unit, group, step_result))
     if not candidates:
         return None
@@ -418,7 +449,7 @@ def compare_servers(ctx: Context, configs: list[ServerConfig]) -> dict:
 def _compare_best(rows: list[dict]) -> dict:
     best: dict = {}
     for key, _, scenario, _, _ in COMPARE_STEPS:
-        steps = [row[key] for row in rows if key in row]
+        steps = [row[key] for row in rows if key in row and "error" not in row[key]]
         if not steps:
             continue
         kind = "pairs" if scenario == "pair" else "requests"

@@ -15,6 +15,11 @@
  *   settle     segments: <segment> holds authorized unmeasured, then their settles
  *              scheduled and measured
  *
+ * Open loop gives up on a step the server cannot keep up with: once more requests are due
+ * than connections can carry by `--give-up-backlog` (default: 2 s worth), the units not yet
+ * due are abandoned (counted, never sent), so that an overloaded step ends instead of
+ * leaving the server minutes of backlog for the next one.
+ *
  * Output: one binary record per request to --out (little-endian, 48 bytes, see record_t)
  * and a JSON summary line on stdout. Times are nanoseconds since the generator started.
  * Pseudo-status codes for requests without an HTTP answer: 0 connection error,
@@ -100,7 +105,7 @@ typedef struct {
 
 static struct {
     const char *host, *path, *out, *model, *prefix;
-    int port, scenario, concurrency, segment, prep_concurrency, max_conns;
+    int port, scenario, concurrency, segment, prep_concurrency, max_conns, give_up_backlog;
     int estimate_seconds;
     double rate, duration_s, warmup_s, timeout_s, settle_seconds;
     char token[512];
@@ -114,7 +119,7 @@ static conn_t *conns;
 static conn_t *idle_head;
 static int nconns_open;
 static job_t *pending_head, *pending_tail, *free_jobs;
-static long npending, max_pending;
+static long npending, max_pending, abandoned;
 static record_t *records;
 static size_t nrecords, cap_records;
 static char (*holds)[HOLD_MAX];
@@ -286,6 +291,18 @@ static int64_t phase_next_due(void) {
 /* Issues the open-loop units that are due; returns when the next one is (or -1). */
 static int64_t open_loop_tick(int64_t now) {
     if (ph.rate <= 0) return -1;
+    long limit = cfg.give_up_backlog > 0 ? cfg.give_up_backlog : (long)(ph.rate * 2);
+    if (limit < 200) limit = 200;
+    if (npending > limit && phase_more(now)) { /* the server cannot keep up: stop here */
+        if (ph.units >= 0) {
+            abandoned += ph.units - ph.issued;
+            ph.units = ph.issued;
+        } else {
+            abandoned += (long)((double)(ph.end_ns - now) * ph.rate / 1e9);
+            ph.end_ns = now;
+        }
+        return -1;
+    }
     while (phase_more(now)) {
         int64_t due = phase_next_due();
         if (ph.units < 0 && due >= ph.end_ns) return -1;
@@ -624,6 +641,7 @@ static void usage(void) {
             "usage: loadgen --scenario get|pair|authorize|settle --port N [--host IP]\n"
             "  [--rate R | --concurrency C] [--duration S] [--warmup S] [--path P]\n"
             "  [--segment N] [--prep-concurrency C] [--max-conns N] [--timeout S]\n"
+            "  [--give-up-backlog N]\n"
             "  [--model ID] [--prefix REQUEST_ID_PREFIX] [--estimate-seconds N]\n"
             "  [--settle-seconds S] --out FILE\n");
     exit(2);
@@ -661,6 +679,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--segment")) cfg.segment = atoi(v);
         else if (!strcmp(a, "--prep-concurrency")) cfg.prep_concurrency = atoi(v);
         else if (!strcmp(a, "--max-conns")) cfg.max_conns = atoi(v);
+        else if (!strcmp(a, "--give-up-backlog")) cfg.give_up_backlog = atoi(v);
         else if (!strcmp(a, "--timeout")) cfg.timeout_s = atof(v);
         else if (!strcmp(a, "--model")) cfg.model = v;
         else if (!strcmp(a, "--prefix")) cfg.prefix = v;
@@ -726,7 +745,12 @@ int main(int argc, char **argv) {
                 phase_start(K_SETTLE, measured, cfg.rate, cfg.concurrency, nholds, 0);
                 phase_run(hard_deadline);
                 if (measured) { window_add(ph.t0, ph.last_done); measured_total += ph.last_done - ph.t0; }
+                if (holds_next < nholds) { /* given up: settle the rest, unmeasured */
+                    phase_start(K_SETTLE, 0, 0, cfg.prep_concurrency, nholds - holds_next, 0);
+                    phase_run(hard_deadline);
+                }
             }
+            if (abandoned) break; /* the server cannot keep up with this rate */
         }
     }
     int64_t wall = now_ns() - start;
@@ -742,9 +766,9 @@ int main(int argc, char **argv) {
                   (ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) * 1000LL;
     printf("{\"records\":%zu,\"requests_sent\":%ld,\"wall_ns\":%lld,\"cpu_user_ns\":%lld,"
            "\"cpu_sys_ns\":%lld,\"conns_opened\":%ld,\"retries\":%ld,\"max_pending\":%ld,"
-           "\"measured_windows\":[",
+           "\"abandoned\":%ld,\"measured_windows\":[",
            nrecords, requests_sent, (long long)wall, (long long)user, (long long)sys,
-           conns_opened, retries, max_pending);
+           conns_opened, retries, max_pending, abandoned);
     for (int i = 0; i < nwindows; i++)
         printf("%s[%lld,%lld]", i ? "," : "", (long long)measured_windows[i][0],
                (long long)measured_windows[i][1]);

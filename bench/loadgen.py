@@ -54,6 +54,7 @@ class Run:
             "connections_opened": self.summary["conns_opened"],
             "stale_connection_retries": self.summary["retries"],
             "max_queued_for_connection": self.summary["max_pending"],
+            "abandoned": self.summary["abandoned"],
         }
 
 
@@ -67,13 +68,15 @@ def _higher_priority() -> None:
 def run(binary: Path, *, port: int, scenario: str, rate: float = 0, concurrency: int = 16,
         duration: float, warmup: float, path: str = "/healthz", token: str = "",
         api_keys: tuple[str, ...] = (), model: str = "", request_prefix: str = "bench",
-        segment: int = 300, max_conns: int = 256, timeout: float = 10.0) -> Run:
+        segment: int = 300, max_conns: int = 256, timeout: float = 10.0,
+        give_up_backlog: int = 0) -> Run:
     """One step. rate > 0: open loop at that many units a second; else closed loop with
     `concurrency` units in flight."""
     args = [str(binary), "--scenario", scenario, "--port", str(port),
             "--duration", str(duration), "--warmup", str(warmup), "--path", path,
             "--segment", str(segment), "--max-conns", str(max_conns),
-            "--timeout", str(timeout), "--prefix", request_prefix]
+            "--timeout", str(timeout), "--prefix", request_prefix,
+            "--give-up-backlog", str(give_up_backlog)]
     args += ["--rate", str(rate)] if rate > 0 else ["--concurrency", str(concurrency)]
     if model:
         args += ["--model", model]

@@ -55,7 +55,7 @@ def ratios(results: dict, rates: list[int]) -> list[dict]:
 
 def _sustained(step: dict | None, offered: float) -> bool | None:
     """Every pair answered 200 and the achieved rate kept up with the offered one."""
-    if not step:
+    if not step or "pairs" not in step:
         return None
     pairs = step["pairs"]
     return (not pairs["errors"] and pairs["achieved_rate"] is not None
@@ -81,7 +81,7 @@ def targets(results: dict, *, hot_account: bool) -> list[dict]:
     value = _get(at500, "settle", "latency", "p50_ms")
     add("settle p50 <= 1.5 ms at 500 pairs/s offered", value,
         value is not None and value <= 1.5)
-    if at1000:
+    if at1000 and "pairs" in at1000:
         p99 = max(at1000["authorize"]["latency"]["p99_ms"] or float("inf"),
                   at1000["settle"]["latency"]["p99_ms"] or float("inf"))
         measured = {"achieved_pairs_per_s": at1000["pairs"]["achieved_rate"],
@@ -91,7 +91,7 @@ def targets(results: dict, *, hot_account: bool) -> list[dict]:
     else:
         add(">= 1,000 pairs/s sustained with p99 <= 20 ms", None, None)
     pairs_max = _get(service, "pairs", "max", "pairs")
-    if hot_account and pairs_max:
+    if hot_account and pairs_max is not None:
         add("one hot account >= 500 pairs/s (max-throughput step, no errors)",
             pairs_max["achieved_rate"],
             not pairs_max["errors"] and (pairs_max["achieved_rate"] or 0) >= 500)
@@ -125,10 +125,12 @@ def step_line(label: str, kind: dict, *, unit: str = "/s") -> str:
 
 def cost_line(step: dict) -> str:
     cpu, gen = step["cpu"], step["generator"]
+    busy = step.get("server_busy_after_s") or step.get("server_busy_after")
+    after = f"   server still busy {busy} s after it" if busy else ""
     return (f"      cpu (cores): server {cpu['server_cores']:.2f}  postgres "
             f"{cpu['database_cores']:.2f}  redis {cpu['redis_cores']:.2f}  generator "
             f"{cpu['generator_cores']:.3f}  other {cpu['other_cores']:.2f}   "
-            f"generator late p99 {_ms(gen['late_p99_ms'])} ms")
+            f"generator late p99 {_ms(gen['late_p99_ms'])} ms{after}")
 
 
 def print_report(results: dict) -> None:
@@ -152,6 +154,9 @@ def print_report(results: dict) -> None:
         out("Baseline (b): empty view GET /healthz, same server")
         for key, step in empty.items():
             label = "max (closed loop)" if key == "max" else f"offered {key}/s"
+            if "error" in step:
+                out(f"  {label:<34} failed: {step['error']}")
+                continue
             out(step_line(label, step["requests"]))
             out(cost_line(step))
     service = results.get("service") or {}
@@ -166,6 +171,9 @@ def print_report(results: dict) -> None:
         out(f"Service: {title}  (one account: {results['config']['accounts'] == 1})")
         for key, step in steps.items():
             label = "max (closed loop)" if key == "max" else f"offered {key}{unit}"
+            if "error" in step:
+                out(f"  {label:<34} failed: {step['error']}")
+                continue
             if kind == "pairs":
                 out(step_line(label + " pair", step["pairs"], unit=unit))
                 out(step_line("    authorize", step["authorize"]))

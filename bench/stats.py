@@ -106,10 +106,13 @@ def kind_summary(records: list[Record], seconds: float) -> dict:
             "errors": errors_by_status(records)}
 
 
-def step_summary(records: list[Record], *, scenario: str, windows: list[list[int]]) -> dict:
+def step_summary(records: list[Record], *, scenario: str, windows: list[list[int]],
+                 abandoned: int = 0) -> dict:
     """The measured part of a step. `scenario` is the load generator's: get, pair,
     authorize or settle. A pair's rate and latency are those of whole pairs (authorize due
-    to settle answered); its authorize and settle are also summarised on their own."""
+    to settle answered); its authorize and settle are also summarised on their own.
+    `abandoned`: units never sent because the server had fallen too far behind; they
+    count as errors."""
     measured = [r for r in records if r.measured]
     seconds = windows_seconds(windows)
     summary: dict = {"measured_seconds": round(seconds, 3)}
@@ -127,11 +130,15 @@ def step_summary(records: list[Record], *, scenario: str, windows: list[list[int
         # A settle is due the moment its authorize was answered.
         summary["settle"] = kind_summary(settles, seconds)
         first_requests = authorizes
+        main = summary["pairs"]
     else:
         kind = {"get": KIND_GET, "authorize": KIND_AUTHORIZE, "settle": KIND_SETTLE}[scenario]
         mine = [r for r in measured if r.kind == kind]
-        summary[scenario if scenario != "get" else "requests"] = kind_summary(mine, seconds)
+        main = summary[scenario if scenario != "get" else "requests"] = kind_summary(mine,
+                                                                                      seconds)
         first_requests = mine
+    if abandoned:
+        main["errors"]["abandoned"] = abandoned
     summary["generator"] = generator_lateness(first_requests)
     summary["statuses_all"] = status_counts(records)  # with warm-up and unmeasured phases
     return summary
