@@ -148,7 +148,9 @@ def migrate(args) -> None:
 
 
 def server_start(ctx: Context, config: ServerConfig) -> Server:
-    log_path = Path(tempfile.gettempdir()) / f"bench-gunicorn-{ctx.tag}.log"
+    # Beside the results: the service's own warnings and tracebacks, for a step that failed.
+    log_path = RESULTS_DIR / f"{ctx.tag}-gunicorn.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     server = Server(config, database_url=ctx.args.database_url, redis_url=ctx.args.redis_url,
                     token=ctx.token, log_path=log_path)
     server.start()
@@ -373,7 +375,11 @@ def benchmark(ctx: Context) -> dict:
     try:
         skipped = accounts_provision(ctx)
         results["config"]["probe_account_ids"] = [a.account_id for a in ctx.accounts]
-        results["config"]["tier_concurrency"] = ctx.accounts[0].tier_concurrency
+        tier_slots = ctx.accounts[0].tier_concurrency
+        results["config"]["tier_concurrency"] = tier_slots
+        if tier_slots and args.segment > tier_slots * 3 // 4:
+            # A segment's holds are all open at once: leave the tier some slots spare.
+            args.segment = results["config"]["segment"] = max(1, tier_slots * 3 // 4)
         print("Baseline (b): empty view", flush=True)
         results["baseline"]["empty_view"] = empty_view_steps(ctx)
         if args.baseline_only:
