@@ -108,6 +108,16 @@ class Context:
             " AND (datname = current_database() OR datname IS NULL)").fetchall()
         return [pid for (pid,) in rows]
 
+    def oldest_other_transaction_s(self) -> float:
+        """Age of the oldest transaction holding back PostgreSQL's cleanup, on any database
+        of the server: while one is open, every update of a hot row leaves a dead version
+        that cannot be pruned, and each next update of that row gets slower."""
+        (age,) = self.monitor.execute(
+            "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)"
+            " FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)").fetchone()
+        return round(float(age), 1)
+
     def redis_pids(self) -> list[int]:
         if self.redis_pid is None:
             try:
@@ -367,9 +377,10 @@ def benchmark(ctx: Context) -> dict:
                    "quick": args.quick},
         "baseline": {},
     }
+    oldest = [ctx.oldest_other_transaction_s()]
     print("Baseline (a): psycopg conditional UPDATE round trip ...", flush=True)
-    results["baseline"]["psycopg"] = pg_baseline.round_trip(
-        args.database_url, seconds=min(args.duration, 3.0))
+    psycopg_result = pg_baseline.round_trip(args.database_url, seconds=min(args.duration, 3.0))
+    results["baseline"]["psycopg"] = psycopg_result
     print(f"Starting gunicorn ({args.server.name}) ...", flush=True)
     server = server_start(ctx, args.server)
     try:
@@ -393,11 +404,17 @@ def benchmark(ctx: Context) -> dict:
         results["checks"] = post_checks(ctx)
     finally:
         server.stop()
+    oldest.append(ctx.oldest_other_transaction_s())
+    results["postgres_oldest_other_transaction_s"] = oldest
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["generator_cost"] = generator_cost_summary(results)
     results["ratios"] = report.ratios(results, args.rates)
     results["targets"] = report.targets(results, hot_account=args.accounts == 1)
     results["notes"] = noise_notes(results) + leak_notes(results)
+    if max(oldest) > 5:
+        results["notes"].append(
+            f"a transaction open for {max(oldest):.0f} s elsewhere on this PostgreSQL held back "
+            "the cleanup of dead row versions: hot-row updates slowed down as the run went on")
     if results["checks"]["ledger_check"]["exit_code"] != 0:
         results["notes"].append("ledger_check found differences after the run: see "
                                 "checks.ledger_check in the results file")

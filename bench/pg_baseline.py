@@ -6,11 +6,15 @@ import time
 
 import psycopg
 
+from bench.server import CpuMeter
 from bench.stats import latency_summary
 
+# A new table for each measurement: the dead versions of the hot row that an earlier one
+# left behind would otherwise slow it down.
 SCHEMA_SQL = [
     "CREATE SCHEMA IF NOT EXISTS bench",
-    "CREATE TABLE IF NOT EXISTS bench.scratch_account ("
+    "DROP TABLE IF EXISTS bench.scratch_account",
+    "CREATE TABLE bench.scratch_account ("
     " id bigint PRIMARY KEY, balance bigint NOT NULL, held bigint NOT NULL)",
 ]
 RESERVE_SQL = (
@@ -27,7 +31,14 @@ def server_settings(conn) -> dict:
     return {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in names}
 
 
+def _table_fresh(conn) -> None:
+    for statement in SCHEMA_SQL:
+        conn.execute(statement)
+    conn.execute("INSERT INTO bench.scratch_account VALUES (%s, %s, 0)", (HOT_ROW, 10**18))
+
+
 def _measure(cursor, seconds: float, warmup: int) -> dict:
+    _table_fresh(cursor.connection)
     params = (AMOUNT, HOT_ROW, AMOUNT)
     for _ in range(warmup):
         cursor.execute(RESERVE_SQL, params)
@@ -53,15 +64,19 @@ def _measure(cursor, seconds: float, warmup: int) -> dict:
 
 def round_trip(database_url: str, *, seconds: float = 3.0, warmup: int = 500) -> dict:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for sql in SCHEMA_SQL:
-            conn.execute(sql)
-        conn.execute("INSERT INTO bench.scratch_account VALUES (%s, %s, 0)"
-                     " ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, held = 0",
-                     (HOT_ROW, 10**18))
         result = {"statement": RESERVE_SQL, "autocommit": True,
                   "postgres": server_settings(conn)}
+        backend = conn.info.backend_pid
+        meter = CpuMeter({"database": lambda: [backend]})
+        meter.start()
+        client_cpu = time.process_time()
         # psycopg's default: server-side binding, prepared after a few executions.
         result["prepared"] = _measure(conn.cursor(), seconds, warmup)
         # Django's default with psycopg 3: parameters bound client-side, not prepared.
         result["client_side_binding"] = _measure(psycopg.ClientCursor(conn), seconds, warmup)
+        # The client is this process: its CPU stands in the generator's column.
+        result["cpu"] = meter.stop(
+            generator_cpu_seconds=time.process_time() - client_cpu,
+            requests=result["prepared"]["round_trips"]
+            + result["client_side_binding"]["round_trips"])
         return result

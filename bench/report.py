@@ -149,6 +149,10 @@ def print_report(results: dict) -> None:
             lat = row["latency"]
             out(f"  {variant:<34} p50 {_ms(lat['p50_ms']):>8}  p99 {_ms(lat['p99_ms']):>8}  "
                 f"max {_ms(lat['max_ms']):>8} ms   throughput {row['throughput_per_s']:>8.1f}/s")
+        if "cpu" in pg:
+            cpu = pg["cpu"]
+            out(f"      cpu (cores): postgres {cpu['database_cores']:.2f}  client "
+                f"{cpu['generator_cores']:.2f}  other {cpu['other_cores']:.2f}")
     empty = _get(results, "baseline", "empty_view") or {}
     if empty:
         out("Baseline (b): empty view GET /healthz, same server")
