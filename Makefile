@@ -1,4 +1,4 @@
-# Two entry points (see README.md): `make run` and `make test`.
+# Two entry points (see README.md): `make run` and `make test`; and `make bench`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 DEV_TOKEN ?= dev-internal-token
+# The benchmark's own database (created if missing) and Redis index.
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
+BENCH_ARGS ?=
 
 .PHONY: setup run test lint bench worker beat
 
@@ -30,6 +34,11 @@ run: setup
 # The whole test suite against the local PostgreSQL and Redis.
 test: setup
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+
+# The run-path benchmark against its baseline, under gunicorn (bench/README.md); about
+# 4 minutes; results in bench/results/. E.g. `make bench BENCH_ARGS=--quick`.
+bench: setup
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
