@@ -510,7 +510,9 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
     first result and charges nothing more."""
     now = now or timezone.now()
     hold_uuid = _hold_uuid(hold_id)
-    with sql.pipelined(), transaction.atomic():
+    # The transaction first (it turns autocommit off), then pipeline mode: BEGIN then
+    # travels with the first statement.
+    with transaction.atomic(), sql.pipelined():
         # Locks the hold's account and reads the hold in one round trip. Only the hold's
         # status can be stale here; the write re-checks it.
         locked = sql.settle_lock_and_read(hold_id=hold_uuid)
