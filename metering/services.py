@@ -448,8 +448,9 @@ def _settle_write_portable(*, hold: Hold, charge: Charge, usage: Usage, release_
     legs = [*consumed.legs, *charge.revenue]
     if consumed.shortfall_nanos:
         legs.append(Leg(Book.CUSTOMER_RECEIVABLE, -consumed.shortfall_nanos, account.id))
-    ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
-                memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
+    if charge.total_nanos:  # a run charged nothing moves no value: no ledger transaction
+        ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
+                    memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
     Account.objects.filter(id=account.id).update(
         held_nanos=F("held_nanos") - release_held, slots_in_use=F("slots_in_use") - release_slots)
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,

@@ -169,8 +169,10 @@ acct AS (
     RETURNING covered.amount
 ),
 txn AS (
+    -- A run charged nothing (a BYOK run at a zero fee, zero seconds) moves no value: no
+    -- ledger transaction, since every transaction needs a non-zero leg.
     INSERT INTO billing_ledgertransaction (account_id, kind, memo, created_at)
-    SELECT %(account_id)s, 'usage', %(memo)s, %(now)s FROM hold_upd
+    SELECT %(account_id)s, 'usage', %(memo)s, %(now)s FROM hold_upd WHERE %(charge)s > 0
     RETURNING id
 ),
 entries AS (
