@@ -525,7 +525,9 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
                 account_id=hold.account_id, now=now)
             covered = min(charge.total_nanos, live)
             unpaid = charge.total_nanos - covered
-            result = _settle_result(hold=hold, charge=charge, balance_nanos=balance - covered,
+            # The balance reported is the live credit left: a lot that expired before its
+            # expiry was recorded is in the working balance but is no longer the customer's.
+            result = _settle_result(hold=hold, charge=charge, balance_nanos=live - covered,
                                     held_nanos=held - release_held, unpaid_nanos=unpaid)
             write = _settle_write_postgresql if sql.is_postgresql() else _settle_write_portable
             written = write(hold=hold, charge=charge, usage=usage, release_held=release_held,
