@@ -100,6 +100,25 @@ class StrictBooleanField(serializers.BooleanField):
         self.fail("invalid", input=data)
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string: not a number that would be read as one (42 and "42" are different
+    request ids to the caller, and must not silently become the same)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON number that is a whole number: not "1200", not true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str | bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 MAX_ESTIMATE_SECONDS = Decimal(30 * 24 * 3600)
 MAX_TOKENS = 10**9
 
@@ -132,8 +151,8 @@ class SecondsField(serializers.Field):
 
 class EstimateInputSerializer(serializers.Serializer):
     seconds = SecondsField(required=False)
-    input_tokens = serializers.IntegerField(required=False, min_value=0, max_value=MAX_TOKENS)
-    max_output_tokens = serializers.IntegerField(required=False, min_value=0,
+    input_tokens = StrictIntegerField(required=False, min_value=0, max_value=MAX_TOKENS)
+    max_output_tokens = StrictIntegerField(required=False, min_value=0,
                                                  max_value=MAX_TOKENS)
 
 
@@ -159,9 +178,9 @@ class HoldAuthorizeApi(InternalApi):
     """Before a run: may this key run this model now? Reserves money and slots."""
 
     class InputSerializer(serializers.Serializer):
-        api_key = serializers.CharField(max_length=200, trim_whitespace=False)
-        model = serializers.CharField(max_length=200)
-        request_id = serializers.CharField(max_length=200)
+        api_key = StrictCharField(max_length=200, trim_whitespace=False)
+        model = StrictCharField(max_length=200)
+        request_id = StrictCharField(max_length=200)
         byok = StrictBooleanField(required=False, default=False)
         auto_scale = StrictBooleanField(required=False, default=False)
         estimate = EstimateInputSerializer(required=False, allow_null=True, default=None)
@@ -188,9 +207,9 @@ class HoldSettleApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         inference_seconds = SecondsField(required=False)
         load_seconds = SecondsField(required=False)
-        input_tokens = serializers.IntegerField(required=False, min_value=0,
+        input_tokens = StrictIntegerField(required=False, min_value=0,
                                                 max_value=MAX_TOKENS)
-        output_tokens = serializers.IntegerField(required=False, min_value=0,
+        output_tokens = StrictIntegerField(required=False, min_value=0,
                                                  max_value=MAX_TOKENS)
         provider_cost_usd = MoneyField(required=False, positive=False)
 
