@@ -267,7 +267,10 @@ def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError 
             f"The {model.size_class} size class needs credits purchased in the last 4 weeks "
             f"of at least ${nanos_to_usd(required or 0)}." if required is not None
             else "No tier unlocks this model size.", extra=extra)
-    if account.slots_in_use + reservation.weight > account.tier_concurrency:
+    # A run that takes no slot (a closed model) is never refused for slots, not even when
+    # a lower tier now allows fewer than the runs still going.
+    if reservation.weight and \
+            account.slots_in_use + reservation.weight > account.tier_concurrency:
         return ConcurrencyLimit(
             extra={"limit": account.tier_concurrency, "in_use": account.slots_in_use,
                    "requested": reservation.weight},

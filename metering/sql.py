@@ -23,7 +23,7 @@ UPDATE accounts_account
  WHERE id = %(account_id)s
    AND status = 'active'
    AND balance_nanos - held_nanos >= %(reserve)s
-   AND slots_in_use + %(weight)s <= tier_concurrency
+   AND (%(weight)s = 0 OR slots_in_use + %(weight)s <= tier_concurrency)
    AND tier_max_params_b >= %(class_params_b)s
    AND credit_valid_until > %(now)s
    AND tier_valid_until > %(now)s
