@@ -6,12 +6,14 @@ from datetime import timedelta
 import pytest
 import time_machine
 
+from billing.services import credit_grant
 from metering.models import Hold
 from tests.runpath import (
     MODEL_7B,
     MODEL_15B,
     MODEL_70B,
     MODEL_CLOSED_CHEAP,
+    USD,
     authorize_body,
     customer_create,
     utc,
@@ -130,6 +132,28 @@ def test_a_released_slot_is_available_to_the_next_call(api):
     api.post(f"/internal/v1/holds/{first['hold_id']}/release", {}, format="json")
 
     assert post_authorize(api, customer).status_code == 200
+
+
+def test_a_run_that_takes_no_slot_is_never_refused_for_concurrency(api):
+    with time_machine.travel(T0, tick=False) as clock:
+        # Given a $3 tier (4 slots) whose purchase ages out while 4 runs are going.
+        customer = customer_create(purchased_usd=3)
+        clock.move_to(T0 + timedelta(days=28) - timedelta(seconds=30))
+        credit_grant(account_id=customer.account_id, amount_nanos=USD, reason="support")
+        for _ in range(4):
+            assert post_authorize(api, customer).status_code == 200
+        clock.move_to(T0 + timedelta(days=28))
+
+        # When an open run asks for a slot, it is refused: 4 in use, the new tier has 1.
+        body = assert_error(post_authorize(api, customer), 429, "concurrency_limit")
+        assert (body["limit"], body["in_use"]) == (1, 4)
+
+        # When closed-model runs (with and without the customer's own key) ask, they are
+        # admitted: they take no slot.
+        for byok in (False, True):
+            response = post_authorize(api, customer, MODEL_CLOSED_CHEAP, byok=byok)
+            assert response.status_code == 200, response.json()
+            assert response.json()["concurrency"] == {"in_use": 4, "limit": 1}
 
 
 # --- Request rate (closed models on the free plan) -----------------------------------------
