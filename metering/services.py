@@ -289,6 +289,8 @@ def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization
         existing = Hold.objects.filter(account=account,
                                        request_id=reservation.request_id).first()
         if existing is not None:
+            # Brought current first, so that the replay reports no expired credit.
+            account_bring_current_locked(account=account, now=now)
             return _replay(hold=existing, account=account)
         if not ApiKey.objects.filter(id=reservation.key.key_id, revoked_at__isnull=True) \
                 .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists():

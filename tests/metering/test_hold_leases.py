@@ -297,3 +297,19 @@ def test_a_settle_after_the_credit_expired_cannot_spend_it(anon_api):
         "0.000000000", "0.000000000")
     expired.refresh_from_db()
     assert (expired.remaining_nanos, expired.expired_at) == (0, expiry + timedelta(seconds=2))
+
+
+def test_a_replayed_authorize_reports_no_expired_credit():
+    # Given a hold authorized a microsecond before the account's only lot expired at T.
+    expiry = T0
+    customer = customer_create(now=expiry - timedelta(days=28))
+    first = authorize(customer, now=expiry - MICROSECOND, request_id="same-run")
+
+    # When the gateway retries the same request a second after T.
+    again = authorize(customer, now=expiry + timedelta(seconds=1), request_id="same-run")
+
+    # Then it gets the same hold, and a balance without the expired credit.
+    assert (again.hold_id, again.replayed) == (first.hold_id, True)
+    assert again.balance_nanos == 0
+    assert again.held_nanos == again.reserved_nanos == first.reserved_nanos
+    assert Hold.objects.filter(account_id=customer.account_id).count() == 1
