@@ -4,6 +4,7 @@ Plain functions that build a customer the way the platform does (through the ser
 plus the fixtures the run-path test packages pull into their conftest."""
 
 import itertools
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,8 +38,9 @@ MODEL_CLOSED = "test/closed-gpt"  # $2.50 in, $10.00 out per million tokens
 MODEL_CLOSED_CHEAP = "test/closed-mini"  # $0.15 in, $0.60 out per million tokens
 
 # Enough simultaneous PostgreSQL connections to race for real, few enough to share the
-# server (max_connections is usually 100) with other work.
-CONCURRENT_CONNECTIONS = 40
+# server (max_connections is usually 100) with other work. A server with room for more
+# can take every caller at once: RUN_PATH_TEST_CONNECTIONS=200.
+CONCURRENT_CONNECTIONS = int(os.environ.get("RUN_PATH_TEST_CONNECTIONS", "40"))
 
 _emails = itertools.count()
 
