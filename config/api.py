@@ -59,7 +59,10 @@ def _field_errors(detail) -> dict[str, list[str]]:
         for name, errors in detail.items():
             if isinstance(errors, dict):
                 for sub, sub_errors in _field_errors(errors).items():
-                    fields[f"{name}.{sub}"] = sub_errors
+                    # A nested object that is wrong as a whole ("estimate": 60) names
+                    # the object itself.
+                    path = name if sub == "non_field_errors" else f"{name}.{sub}"
+                    fields.setdefault(path, []).extend(sub_errors)
             elif isinstance(errors, list):
                 fields[name] = [str(e) for e in errors]
             else:

@@ -4,14 +4,19 @@ from typing import Annotated
 
 from django.http import JsonResponse
 from drf_spectacular.utils import extend_schema
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
 from billing.money import MoneyField, UsdNanos, nanos_to_usd
-from config.api import InternalApi, JsonNumberField, JsonStringField, LeanInternalApi
+from config.api import (
+    ApplicationError,
+    InternalApi,
+    JsonNumberField,
+    JsonStringField,
+    LeanInternalApi,
+)
 from metering.models import InferenceModel
 from metering.selectors import model_get, size_class_for
 from metering.services import (
@@ -196,11 +201,6 @@ class HoldSettleApi(LeanInternalApi):
         output_tokens: Tokens | None = None
         provider_cost_usd: UsdNanos | None = None
 
-        @model_validator(mode="after")
-        def both_token_counts(self):
-            if (self.input_tokens is None) != (self.output_tokens is None):
-                raise PydanticCustomError("tokens", "Send both input_tokens and output_tokens.")
-            return self
 
     class SettleOutput(BaseModel):
         hold_id: str
@@ -214,6 +214,10 @@ class HoldSettleApi(LeanInternalApi):
     @extend_schema(request=SettleInput, responses={200: SettleOutput}, summary="Settle a hold")
     def post(self, request, hold_id):
         data = self.SettleInput.model_validate_json(request.body)
+        if (data.input_tokens is None) != (data.output_tokens is None):
+            missing = "output_tokens" if data.output_tokens is None else "input_tokens"
+            raise ApplicationError(extra={"fields": {missing: [
+                "Send both input_tokens and output_tokens."]}})
         result = hold_settle(hold_id=hold_id, usage=Usage(
             inference_seconds=as_decimal(data.inference_seconds),
             load_seconds=as_decimal(data.load_seconds),

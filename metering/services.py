@@ -272,7 +272,10 @@ def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError 
             f"The {model.size_class} size class needs credits purchased in the last 4 weeks "
             f"of at least ${nanos_to_usd(required or 0)}." if required is not None
             else "No tier unlocks this model size.", extra=extra)
-    if account.slots_in_use + reservation.weight > account.tier_concurrency:
+    # A run that takes no slot (a closed model) is never refused for slots, not even when
+    # a lower tier now allows fewer than the runs still going.
+    if reservation.weight and \
+            account.slots_in_use + reservation.weight > account.tier_concurrency:
         return ConcurrencyLimit(
             extra={"limit": account.tier_concurrency, "in_use": account.slots_in_use,
                    "requested": reservation.weight},
@@ -291,6 +294,8 @@ def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization
         existing = Hold.objects.filter(account=account,
                                        request_id=reservation.request_id).first()
         if existing is not None:
+            # Brought current first, so that the replay reports no expired credit.
+            account_bring_current_locked(account=account, now=now)
             return _replay(hold=existing, account=account)
         if not ApiKey.objects.filter(id=reservation.key.key_id, revoked_at__isnull=True) \
                 .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists():
@@ -461,8 +466,9 @@ def _settle_write_portable(*, hold: Hold, charge: Charge, usage: Usage, release_
     legs = [*consumed.legs, *charge.revenue]
     if consumed.shortfall_nanos:
         legs.append(Leg(Book.CUSTOMER_RECEIVABLE, -consumed.shortfall_nanos, account.id))
-    ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
-                memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
+    if charge.total_nanos:  # a run charged nothing moves no value: no ledger transaction
+        ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
+                    memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
     Account.objects.filter(id=account.id).update(
         held_nanos=F("held_nanos") - release_held, slots_in_use=F("slots_in_use") - release_slots)
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
@@ -539,7 +545,9 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
                 account_id=hold.account_id, now=now)
             covered = min(charge.total_nanos, live)
             unpaid = charge.total_nanos - covered
-            result = _settle_result(hold=hold, charge=charge, balance_nanos=balance - covered,
+            # The balance reported is the live credit left: a lot that expired before its
+            # expiry was recorded is in the working balance but is no longer the customer's.
+            result = _settle_result(hold=hold, charge=charge, balance_nanos=live - covered,
                                     held_nanos=held - release_held, unpaid_nanos=unpaid)
             write = _settle_write_postgresql if sql.is_postgresql() else _settle_write_portable
             written = write(hold=hold, charge=charge, usage=usage, release_held=release_held,

@@ -7,6 +7,7 @@ Settle's write is one CTE on PostgreSQL, run after the account row is locked so 
 everything it reads is current; other databases take the portable path in services.py.
 """
 
+import json
 from contextlib import contextmanager
 from uuid import UUID
 
@@ -22,7 +23,7 @@ UPDATE accounts_account
  WHERE id = %(account_id)s
    AND status = 'active'
    AND balance_nanos - held_nanos >= %(reserve)s
-   AND slots_in_use + %(weight)s <= tier_concurrency
+   AND (%(weight)s = 0 OR slots_in_use + %(weight)s <= tier_concurrency)
    AND tier_max_params_b >= %(class_params_b)s
    AND credit_valid_until > %(now)s
    AND tier_valid_until > %(now)s
@@ -75,14 +76,19 @@ def pipelined():
         yield
 
 
+@contextmanager
 def hot_cursor():
     """A cursor for the run path's statements. On PostgreSQL it binds parameters on the
     server, so psycopg prepares each statement once per connection and the server stops
-    re-planning the long CTEs on every call (planning cost more than executing)."""
+    re-planning the long CTEs on every call (planning cost more than executing). Errors
+    come out as Django's (IntegrityError and the like), as from any other cursor."""
     if not is_postgresql():
-        return connection.cursor()
+        with connection.cursor() as cursor:
+            yield cursor
+        return
     connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
 
 
 def db_uuid(value: UUID):
@@ -149,6 +155,8 @@ def settle_lock_and_read(*, hold_id: UUID):
     if row is None:
         return None
     hold = Hold(**dict(zip(HOLD_ATTRIBUTES, row, strict=False)))
+    if isinstance(hold.settle_result, str):  # Django has psycopg hand jsonb back as text
+        hold.settle_result = json.loads(hold.settle_result)
     return (hold, *row[len(HOLD_ATTRIBUTES):])
 
 
@@ -194,8 +202,10 @@ acct AS (
     RETURNING covered.amount
 ),
 txn AS (
+    -- A run charged nothing (a BYOK run at a zero fee, zero seconds) moves no value: no
+    -- ledger transaction, since every transaction needs a non-zero leg.
     INSERT INTO billing_ledgertransaction (account_id, kind, memo, created_at)
-    SELECT %(account_id)s, 'usage', %(memo)s, %(now)s FROM hold_upd
+    SELECT %(account_id)s, 'usage', %(memo)s, %(now)s FROM hold_upd WHERE %(charge)s > 0
     RETURNING id
 ),
 entries AS (
