@@ -3,6 +3,7 @@
 All functions that move money lock the account first (accounts.locks), write the lots
 and the ledger together, and keep the account's working balance equal to both."""
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -19,6 +20,8 @@ from accounts.models import FAR_FUTURE, Account
 from billing.ledger import Book, Kind, Leg, ledger_post
 from billing.models import CreditLot, LowBalanceEvent, Plan, Purchase
 from config.api import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 Source = CreditLot.Source
 
@@ -193,14 +196,19 @@ def low_balance_event_open(*, account: Account, threshold_nanos: int,
         account=account, threshold_nanos=threshold_nanos,
         balance_before_nanos=balance_before_nanos, balance_after_nanos=account.balance_nanos,
         created_at=now)
-    transaction.on_commit(partial(_auto_reload_enqueue, event.id), robust=True)
+    transaction.on_commit(partial(low_balance_event_dispatch, event_id=event.id), robust=True)
     return event
 
 
-def _auto_reload_enqueue(low_balance_event_id: int) -> None:
+def low_balance_event_dispatch(*, event_id: int) -> None:
+    """Hand a committed crossing to auto-reload. A broker that cannot take the task does
+    not fail the caller: the periodic sweep picks up crossings nobody handled."""
     from billing.tasks import auto_reload_for_crossing
 
-    auto_reload_for_crossing.delay(low_balance_event_id)
+    try:
+        auto_reload_for_crossing.delay(event_id)
+    except Exception:
+        logger.exception("could not enqueue auto-reload for low-balance event %s", event_id)
 
 
 def credit_lots_expire(*, account: Account, now: datetime) -> int:

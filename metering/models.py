@@ -133,9 +133,12 @@ class Hold(models.Model):
     created_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()
     closed_at = models.DateTimeField(null=True, blank=True)
+    # What the settle answered, answered again unchanged when the hold is settled again.
     charged_nanos = models.BigIntegerField(null=True, blank=True)
-    # The settle response, returned unchanged when the same hold is settled again.
-    settle_result = models.JSONField(null=True, blank=True)
+    billed_seconds = models.BigIntegerField(null=True, blank=True)
+    unpaid_nanos = models.BigIntegerField(null=True, blank=True)
+    balance_after_nanos = models.BigIntegerField(null=True, blank=True)
+    available_after_nanos = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -1,9 +1,9 @@
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from functools import partial
 from uuid import UUID
 
 from django.conf import settings
@@ -26,6 +26,7 @@ from billing.services import (
     account_balance_apply,
     credit_consume,
     credit_lots_expire,
+    low_balance_event_dispatch,
     low_balance_record,
 )
 from config.api import ApplicationError
@@ -438,30 +439,80 @@ def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
                    Leg(Book.PLATFORM_FEE, charge.fee_nanos, account_id)))
 
 
-def _settle_result(*, hold: Hold, charge: Charge, balance_nanos: int, held_nanos: int,
-                   unpaid_nanos: int) -> dict:
+def _settled_answer(hold: Hold) -> dict:
+    """The settle's answer, from what the settle stored on the hold: the same the first
+    time and on every repeat."""
     return {
         "hold_id": str(hold.id), "status": Hold.Status.SETTLED,
-        "charged_usd": nanos_to_usd(charge.total_nanos),
-        "billed_seconds": charge.billed_seconds,
-        "balance_usd": nanos_to_usd(balance_nanos),
-        "available_usd": nanos_to_usd(max(0, balance_nanos - held_nanos)),
-        "unpaid_usd": nanos_to_usd(unpaid_nanos),
+        "charged_usd": nanos_to_usd(hold.charged_nanos),
+        "billed_seconds": hold.billed_seconds,
+        "balance_usd": nanos_to_usd(hold.balance_after_nanos),
+        "available_usd": nanos_to_usd(hold.available_after_nanos),
+        "unpaid_usd": nanos_to_usd(hold.unpaid_nanos),
     }
 
 
-def _settle_write_portable(*, hold: Hold, charge: Charge, usage: Usage, release_held: int,
-                           release_slots: int, result: dict, unpaid_nanos: int,
-                           now: datetime) -> int | None:
+@dataclass(frozen=True, slots=True)
+class SettlePosting:
+    """A settle about to be written: the hold as read and what it must charge."""
+
+    hold: Hold
+    charge: Charge
+    usage: Usage
+    release_held: int
+    release_slots: int
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    unpaid_nanos: int
+    balance_after_nanos: int
+    available_after_nanos: int
+    low_balance_event_id: int | None
+
+
+def _settle_post_postgresql(posting: SettlePosting) -> SettleOutcome | None:
+    hold, charge, usage = posting.hold, posting.charge, posting.usage
+    revenue = [*charge.revenue, Leg(Book.OPEN_REVENUE, 0)][:2]
+    row = sql.settle_post_postgresql({
+        "hold_id": hold.id, "status_before": hold.status, "account_id": hold.account_id,
+        "key_id": hold.api_key_id, "model_id": hold.model_id, "kind": hold.kind,
+        "byok": hold.byok, "now": posting.now, "charge": charge.total_nanos,
+        "billed_seconds": charge.billed_seconds, "release_held": posting.release_held,
+        "release_slots": posting.release_slots,
+        "memo": f"{hold.model_id} run {hold.request_id}"[:255],
+        "book_1": revenue[0].book, "amount_1": revenue[0].amount_nanos,
+        "book_2": revenue[1].book, "amount_2": revenue[1].amount_nanos,
+        "inference_seconds": usage.inference_seconds, "load_seconds": usage.load_seconds,
+        "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "provider_cost_nanos": charge.provider_cost_nanos,
+    })
+    return None if row is None else SettleOutcome(*row)
+
+
+@transaction.atomic
+def _settle_post_portable(posting: SettlePosting) -> SettleOutcome | None:
     """The settle's writes through the ORM, for databases other than PostgreSQL; the
     PostgreSQL statement in metering/sql.py does exactly this in one round trip. Returns
-    the credit covered, or None when the hold was no longer in the status read."""
+    None when the hold was no longer in the status read (nothing written)."""
+    hold, charge, now = posting.hold, posting.charge, posting.now
+    account = account_lock(account_id=hold.account_id)
+    live = _live_credit(account_id=account.id, now=now)
+    covered = min(charge.total_nanos, live)
+    unpaid = charge.total_nanos - covered
+    outcome = SettleOutcome(
+        unpaid_nanos=unpaid, balance_after_nanos=live - covered,
+        available_after_nanos=max(0, live - covered
+                                  - (account.held_nanos - posting.release_held)),
+        low_balance_event_id=None)
     updated = Hold.objects.filter(id=hold.id, status=hold.status).update(
         status=Hold.Status.SETTLED, closed_at=now, charged_nanos=charge.total_nanos,
-        settle_result=result)
+        billed_seconds=charge.billed_seconds, unpaid_nanos=outcome.unpaid_nanos,
+        balance_after_nanos=outcome.balance_after_nanos,
+        available_after_nanos=outcome.available_after_nanos)
     if not updated:
         return None
-    account = account_lock(account_id=hold.account_id)
     consumed = credit_consume(account=account, amount_nanos=charge.total_nanos, now=now)
     legs = [*consumed.legs, *charge.revenue]
     if consumed.shortfall_nanos:
@@ -470,14 +521,18 @@ def _settle_write_portable(*, hold: Hold, charge: Charge, usage: Usage, release_
         ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
                     memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
     Account.objects.filter(id=account.id).update(
-        held_nanos=F("held_nanos") - release_held, slots_in_use=F("slots_in_use") - release_slots)
+        held_nanos=F("held_nanos") - posting.release_held,
+        slots_in_use=F("slots_in_use") - posting.release_slots)
+    balance_before = account.balance_nanos
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
                           receivable_delta=consumed.shortfall_nanos)
-    _usage_record_create(hold=hold, charge=charge, usage=usage,
+    _usage_record_create(hold=hold, charge=charge, usage=posting.usage,
                          unpaid_nanos=consumed.shortfall_nanos, now=now)
-    if consumed.shortfall_nanos != unpaid_nanos:
+    if consumed.covered_nanos != covered:
         raise RuntimeError("credit covered differs from what was read under the lock")
-    return consumed.covered_nanos
+    # The crossing is recorded here, and auto-reload told once this transaction commits.
+    low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
+    return outcome
 
 
 def _usage_record_create(*, hold: Hold, charge: Charge, usage: Usage, unpaid_nanos: int,
@@ -491,23 +546,16 @@ def _usage_record_create(*, hold: Hold, charge: Charge, usage: Usage, unpaid_nan
         charged_nanos=charge.total_nanos, unpaid_nanos=unpaid_nanos, created_at=now)
 
 
-def _settle_write_postgresql(*, hold: Hold, charge: Charge, usage: Usage, release_held: int,
-                             release_slots: int, result: dict, unpaid_nanos: int,
-                             now: datetime) -> int | None:
-    revenue = [*charge.revenue, Leg(Book.OPEN_REVENUE, 0)][:2]
-    return sql.settle_write_postgresql({
-        "hold_id": hold.id, "status_before": hold.status, "account_id": hold.account_id,
-        "key_id": hold.api_key_id, "model_id": hold.model_id, "kind": hold.kind,
-        "byok": hold.byok, "now": now, "charge": charge.total_nanos,
-        "result": json.dumps(result), "release_held": release_held,
-        "release_slots": release_slots, "memo": f"{hold.model_id} run {hold.request_id}"[:255],
-        "book_1": revenue[0].book, "amount_1": revenue[0].amount_nanos,
-        "book_2": revenue[1].book, "amount_2": revenue[1].amount_nanos,
-        "inference_seconds": usage.inference_seconds, "load_seconds": usage.load_seconds,
-        "billed_seconds": charge.billed_seconds, "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens, "provider_cost_nanos": charge.provider_cost_nanos,
-        "unpaid": unpaid_nanos,
-    })
+def _hold_closed_refusal(*, hold: Hold, now: datetime) -> HoldClosed | None:
+    """A settle is refused for a released hold, and for one whose lease ran out longer
+    ago than the late-settle window."""
+    lease_lapsed = hold.lease_expires_at <= now
+    if hold.status == Hold.Status.RELEASED or (
+            (hold.status == Hold.Status.EXPIRED or lease_lapsed)
+            and now > hold.lease_expires_at + settings.LATE_SETTLE_WINDOW):
+        status = Hold.Status.EXPIRED if hold.status == Hold.Status.OPEN else hold.status
+        return HoldClosed(extra={"hold_status": status})
+    return None
 
 
 def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
@@ -516,58 +564,37 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
     first result and charges nothing more."""
     now = now or timezone.now()
     hold_uuid = _hold_uuid(hold_id)
-    # The transaction first (it turns autocommit off), then pipeline mode: BEGIN then
-    # travels with the first statement.
-    with transaction.atomic(), sql.pipelined():
-        # Locks the hold's account and reads the hold in one round trip. Only the hold's
-        # status can be stale here; the write re-checks it.
-        locked = sql.settle_lock_and_read(hold_id=hold_uuid)
-        if locked is None:
+    post = _settle_post_postgresql if sql.is_postgresql() else _settle_post_portable
+    for _ in range(3):
+        hold = sql.hold_read(hold_id=hold_uuid)
+        if hold is None:
             raise HoldNotFound()
-        hold, balance, held, credit_valid_until, threshold = locked
-        for _ in range(2):
-            if hold.status == Hold.Status.SETTLED:
-                return hold.settle_result
-            lease_lapsed = hold.lease_expires_at <= now
-            if hold.status == Hold.Status.RELEASED or (
-                    (hold.status == Hold.Status.EXPIRED or lease_lapsed)
-                    and now > hold.lease_expires_at + settings.LATE_SETTLE_WINDOW):
-                status = Hold.Status.EXPIRED if hold.status == Hold.Status.OPEN \
-                    else hold.status
-                raise HoldClosed(extra={"hold_status": status})
-            charge = _charge_for(hold=hold, usage=usage)
-            # An open hold still holds its money and slots (even when its lease lapsed and
-            # no sweep has run yet); an expired one gave them back already.
-            is_open = hold.status == Hold.Status.OPEN
-            release_held = hold.reserved_nanos if is_open else 0
-            release_slots = hold.weight if is_open else 0
-            live = balance if credit_valid_until > now else _live_credit(
-                account_id=hold.account_id, now=now)
-            covered = min(charge.total_nanos, live)
-            unpaid = charge.total_nanos - covered
-            # The balance reported is the live credit left: a lot that expired before its
-            # expiry was recorded is in the working balance but is no longer the customer's.
-            result = _settle_result(hold=hold, charge=charge, balance_nanos=live - covered,
-                                    held_nanos=held - release_held, unpaid_nanos=unpaid)
-            write = _settle_write_postgresql if sql.is_postgresql() else _settle_write_portable
-            written = write(hold=hold, charge=charge, usage=usage, release_held=release_held,
-                            release_slots=release_slots, result=result, unpaid_nanos=unpaid,
-                            now=now)
-            if written is not None:
-                break
-            # The status we read was stale: another call settled, released or expired the
-            # hold just before we got the lock. Read it again, current now, and decide anew.
-            hold = Hold.objects.get(id=hold_uuid)
-        else:
-            raise RuntimeError("hold status kept changing under the account lock")
-        if written != covered:
-            raise RuntimeError(f"settle covered {written} nanos, expected {covered}")
-        if threshold is not None:
-            low_balance_record(
-                account=Account(id=hold.account_id, auto_reload_threshold_nanos=threshold,
-                                balance_nanos=balance - covered),
-                balance_before_nanos=balance, now=now)
-    return result
+        if hold.status == Hold.Status.SETTLED:
+            return _settled_answer(hold)
+        refusal = _hold_closed_refusal(hold=hold, now=now)
+        if refusal is not None:
+            raise refusal
+        # An open hold still holds its money and slots (even when its lease lapsed and no
+        # sweep has run yet); an expired one gave them back already.
+        is_open = hold.status == Hold.Status.OPEN
+        charge = _charge_for(hold=hold, usage=usage)
+        outcome = post(SettlePosting(
+            hold=hold, charge=charge, usage=usage, now=now,
+            release_held=hold.reserved_nanos if is_open else 0,
+            release_slots=hold.weight if is_open else 0))
+        if outcome is not None:
+            if outcome.low_balance_event_id is not None:
+                # Committed already, unless a caller's transaction encloses this one.
+                transaction.on_commit(partial(low_balance_event_dispatch,
+                                              event_id=outcome.low_balance_event_id))
+            hold.charged_nanos, hold.billed_seconds = charge.total_nanos, charge.billed_seconds
+            hold.unpaid_nanos = outcome.unpaid_nanos
+            hold.balance_after_nanos = outcome.balance_after_nanos
+            hold.available_after_nanos = outcome.available_after_nanos
+            return _settled_answer(hold)
+        # Another call settled, released or expired the hold between our read and the
+        # lock: nothing was written; read it again and decide anew.
+    raise RuntimeError("hold status kept changing")
 
 
 def _hold_uuid(hold_id) -> UUID:
@@ -577,15 +604,8 @@ def _hold_uuid(hold_id) -> UUID:
         raise HoldNotFound() from None
 
 
-def _hold_settled_result(*, hold_id: UUID) -> dict:
-    hold = Hold.objects.get(id=hold_id)
-    if hold.status != Hold.Status.SETTLED:
-        raise HoldClosed(extra={"hold_status": hold.status})
-    return hold.settle_result
-
-
 def _live_credit(*, account_id: UUID, now: datetime) -> int:
-    """Unexpired credit, when some lot expired and its expiry is not yet recorded."""
+    """Credit that has not expired, whether or not an expiry was recorded."""
     return CreditLot.objects.filter(account_id=account_id, remaining_nanos__gt=0,
                                     expires_at__gt=now).aggregate(
         total=Coalesce(Sum("remaining_nanos"), 0))["total"]
@@ -595,10 +615,11 @@ def hold_release(*, hold_id, now: datetime | None = None) -> dict:
     """The run did not happen: nothing is charged and the slot is freed. Idempotent."""
     now = now or timezone.now()
     hold_uuid = _hold_uuid(hold_id)
+    hold = sql.hold_read(hold_id=hold_uuid)
+    if hold is None:
+        raise HoldNotFound()
     with transaction.atomic():
-        locked = sql.settle_lock_and_read(hold_id=hold_uuid)
-        if locked is None:
-            raise HoldNotFound()
+        account_lock(account_id=hold.account_id)
         hold = Hold.objects.get(id=hold_uuid)  # current: the account is locked
         if hold.status == Hold.Status.SETTLED:
             raise HoldClosed("The hold is settled; it cannot be released.",

@@ -3,11 +3,13 @@
 Authorize's fast path is one statement on PostgreSQL: a conditional UPDATE of the account
 (reserve money and slots only if every rule holds) and the hold's INSERT, in one CTE. On
 SQLite (the embedded first-look mode) the same two statements run in one transaction.
-Settle's write is one CTE on PostgreSQL, run after the account row is locked so that
-everything it reads is current; other databases take the portable path in services.py.
+
+Settle, on PostgreSQL, is one round trip: BEGIN, lock the account row, one CTE that does
+every write, COMMIT, sent together. The row lock (the hot account's serialisation point)
+is then held only while the server works, never across a network round trip or this
+process's own work. Other databases take the portable path in services.py.
 """
 
-import json
 from contextlib import contextmanager
 from uuid import UUID
 
@@ -64,19 +66,6 @@ def is_postgresql() -> bool:
 
 
 @contextmanager
-def pipelined():
-    """On PostgreSQL, send statements without waiting for each answer until a result is
-    needed (psycopg's pipeline mode): a transaction's BEGIN travels with its first
-    statement instead of costing a round trip of its own."""
-    if not is_postgresql():
-        yield
-        return
-    connection.ensure_connection()
-    with connection.connection.pipeline():
-        yield
-
-
-@contextmanager
 def hot_cursor():
     """A cursor for the run path's statements. On PostgreSQL it binds parameters on the
     server, so psycopg prepares each statement once per connection and the server stops
@@ -118,55 +107,36 @@ def authorize_reserve(params: dict) -> tuple | None:
         return (*row[:3], row[4], row[5], tier[0] if tier else None)
 
 
-HOLD_ATTRIBUTES = ("id", "account_id", "api_key_id", "model_id", "request_id", "kind", "byok",
-               "status", "reserved_nanos", "weight", "nanos_per_second",
-               "input_nanos_per_mtok", "output_nanos_per_mtok", "platform_fee_ppm",
-               "byok_fee_nanos", "created_at", "lease_expires_at", "settle_result")
+HOLD_ATTRIBUTES = (
+    "id", "account_id", "api_key_id", "model_id", "request_id", "kind", "byok", "status",
+    "reserved_nanos", "weight", "nanos_per_second", "input_nanos_per_mtok",
+    "output_nanos_per_mtok", "platform_fee_ppm", "byok_fee_nanos", "created_at",
+    "lease_expires_at", "charged_nanos", "billed_seconds", "unpaid_nanos",
+    "balance_after_nanos", "available_after_nanos")
 
-LOCK_ACCOUNT_READ_HOLD_SQL = f"""
-SELECT {", ".join(f"h.{name}" for name in HOLD_ATTRIBUTES)},
-       a.balance_nanos, a.held_nanos, a.credit_valid_until, a.auto_reload_threshold_nanos
-  FROM metering_hold h JOIN accounts_account a ON a.id = h.account_id
- WHERE h.id = %(hold_id)s
-   FOR UPDATE OF a
-"""
+READ_HOLD_SQL = f"SELECT {', '.join(HOLD_ATTRIBUTES)} FROM metering_hold WHERE id = %(hold_id)s"
 
 
-def settle_lock_and_read(*, hold_id: UUID):
-    """Lock the hold's account and read the hold. Returns (hold, balance, held,
-    credit_valid_until, auto_reload_threshold) or None for no such hold.
-
-    On PostgreSQL this is one statement; the hold's status may then be stale (read before
-    the lock was granted), which the settle statement re-checks. Every other field of a
-    hold never changes after authorize, except the lease (heartbeat)."""
-    from accounts.models import Account
+def hold_read(*, hold_id: UUID):
+    """The hold, unlocked. Everything a settle prices from never changes after authorize;
+    its status may change, and the settle statement re-checks it under the lock."""
     from metering.models import Hold
 
     if not is_postgresql():
-        hold = Hold.objects.filter(id=hold_id).first()
-        if hold is None:
-            return None
-        account = Account.objects.select_for_update().get(id=hold.account_id)
-        return (hold, account.balance_nanos, account.held_nanos, account.credit_valid_until,
-                account.auto_reload_threshold_nanos)
+        return Hold.objects.filter(id=hold_id).first()
     with hot_cursor() as cursor:
-        cursor.execute(LOCK_ACCOUNT_READ_HOLD_SQL, {"hold_id": hold_id})
+        cursor.execute(READ_HOLD_SQL, {"hold_id": hold_id})
         row = cursor.fetchone()
-    if row is None:
-        return None
-    hold = Hold(**dict(zip(HOLD_ATTRIBUTES, row, strict=False)))
-    if isinstance(hold.settle_result, str):  # Django has psycopg hand jsonb back as text
-        hold.settle_result = json.loads(hold.settle_result)
-    return (hold, *row[len(HOLD_ATTRIBUTES):])
+    return None if row is None else Hold(**dict(zip(HOLD_ATTRIBUTES, row, strict=True)))
 
 
+LOCK_ACCOUNT_SQL = "SELECT 1 FROM accounts_account WHERE id = %(account_id)s FOR UPDATE"
+
+# Runs right after LOCK_ACCOUNT_SQL, in the same transaction, so everything it reads is
+# current: every write to an account's lots, holds and balance takes that lock first.
 SETTLE_PG = """
-WITH hold_upd AS (
-    UPDATE metering_hold
-       SET status = 'settled', closed_at = %(now)s, charged_nanos = %(charge)s,
-           settle_result = %(result)s::jsonb
-     WHERE id = %(hold_id)s AND status = %(status_before)s
-    RETURNING id
+WITH acct_now AS (
+    SELECT held_nanos FROM accounts_account WHERE id = %(account_id)s
 ),
 live AS (
     SELECT id, remaining_nanos,
@@ -178,28 +148,45 @@ take AS (
     SELECT id, LEAST(remaining_nanos, %(charge)s - before) AS amount
       FROM live WHERE before < %(charge)s
 ),
+planned AS (
+    SELECT COALESCE((SELECT SUM(remaining_nanos) FROM live), 0) AS live_credit,
+           COALESCE((SELECT SUM(amount) FROM take), 0) AS covered
+),
+hold_upd AS (
+    -- The balance reported is the live credit left: a lot that expired before its
+    -- expiry was recorded is still in the working balance but no longer spendable.
+    UPDATE metering_hold h
+       SET status = 'settled', closed_at = %(now)s, charged_nanos = %(charge)s,
+           billed_seconds = %(billed_seconds)s,
+           unpaid_nanos = %(charge)s - planned.covered,
+           balance_after_nanos = planned.live_credit - planned.covered,
+           available_after_nanos = GREATEST(0, planned.live_credit - planned.covered
+                                               - (acct_now.held_nanos - %(release_held)s))
+      FROM planned, acct_now
+     WHERE h.id = %(hold_id)s AND h.status = %(status_before)s
+    RETURNING h.unpaid_nanos, h.balance_after_nanos, h.available_after_nanos
+),
 lots AS (
     UPDATE billing_creditlot l SET remaining_nanos = l.remaining_nanos - take.amount
       FROM take, hold_upd
      WHERE l.id = take.id
     RETURNING l.id, take.amount
 ),
-covered AS (SELECT COALESCE(SUM(amount), 0) AS amount FROM lots),
 acct AS (
     UPDATE accounts_account a
-       SET balance_nanos = a.balance_nanos - covered.amount,
+       SET balance_nanos = a.balance_nanos - planned.covered,
            held_nanos = a.held_nanos - %(release_held)s,
            slots_in_use = a.slots_in_use - %(release_slots)s,
-           receivable_nanos = a.receivable_nanos + %(charge)s - covered.amount,
+           receivable_nanos = a.receivable_nanos + %(charge)s - planned.covered,
            credit_valid_until = COALESCE(
                (SELECT MIN(l.expires_at) FROM billing_creditlot l
                   LEFT JOIN take ON take.id = l.id
                  WHERE l.account_id = %(account_id)s
                    AND l.remaining_nanos - COALESCE(take.amount, 0) > 0),
                %(far_future)s)
-      FROM covered, hold_upd
+      FROM planned, hold_upd
      WHERE a.id = %(account_id)s
-    RETURNING covered.amount
+    RETURNING a.balance_nanos, a.auto_reload_threshold_nanos
 ),
 txn AS (
     -- A run charged nothing (a BYOK run at a zero fee, zero seconds) moves no value: no
@@ -213,8 +200,8 @@ entries AS (
     SELECT txn.id, 'customer_credit', %(account_id)s, lots.id, -lots.amount FROM txn, lots
     UNION ALL
     SELECT txn.id, 'customer_receivable', %(account_id)s, NULL,
-           covered.amount - %(charge)s
-      FROM txn, covered WHERE covered.amount < %(charge)s
+           planned.covered - %(charge)s
+      FROM txn, planned WHERE planned.covered < %(charge)s
     UNION ALL
     SELECT txn.id, revenue.book, %(account_id)s, NULL, revenue.amount
       FROM txn, (VALUES (%(book_1)s, %(amount_1)s::bigint),
@@ -225,20 +212,43 @@ usage AS (
     INSERT INTO metering_usagerecord (hold_id, account_id, api_key_id, model_id, kind, byok,
         inference_seconds, load_seconds, billed_seconds, input_tokens, output_tokens,
         provider_cost_nanos, charged_nanos, unpaid_nanos, created_at)
-    SELECT hold_upd.id, %(account_id)s, %(key_id)s, %(model_id)s, %(kind)s, %(byok)s,
+    SELECT %(hold_id)s, %(account_id)s, %(key_id)s, %(model_id)s, %(kind)s, %(byok)s,
            %(inference_seconds)s, %(load_seconds)s, %(billed_seconds)s, %(input_tokens)s,
-           %(output_tokens)s, %(provider_cost_nanos)s, %(charge)s, %(unpaid)s, %(now)s
+           %(output_tokens)s, %(provider_cost_nanos)s, %(charge)s, hold_upd.unpaid_nanos,
+           %(now)s
       FROM hold_upd
+),
+low_balance AS (
+    -- The charge took the balance from at or above the auto-reload threshold to below
+    -- it: the crossing is recorded in this same transaction.
+    INSERT INTO billing_lowbalanceevent (account_id, threshold_nanos, balance_before_nanos,
+        balance_after_nanos, created_at, outcome)
+    SELECT %(account_id)s, acct.auto_reload_threshold_nanos,
+           acct.balance_nanos + planned.covered, acct.balance_nanos, %(now)s, ''
+      FROM acct, planned
+     WHERE acct.auto_reload_threshold_nanos IS NOT NULL
+       AND acct.balance_nanos + planned.covered >= acct.auto_reload_threshold_nanos
+       AND acct.auto_reload_threshold_nanos > acct.balance_nanos
+    RETURNING id
 )
-SELECT amount FROM acct
+SELECT hold_upd.unpaid_nanos, hold_upd.balance_after_nanos, hold_upd.available_after_nanos,
+       (SELECT id FROM low_balance)
+  FROM hold_upd
 """
 
 
-def settle_write_postgresql(params: dict) -> int | None:
-    """Post a settle inside the caller's transaction, the account row already locked.
-    Returns the credit covered, or None when the hold was no longer in the expected
-    status."""
-    with hot_cursor() as cursor:
-        cursor.execute(SETTLE_PG, {**params, "far_future": FAR_FUTURE})
-        row = cursor.fetchone()
-    return None if row is None else row[0]
+def settle_post_postgresql(params: dict) -> tuple | None:
+    """Lock the account, post the settle and commit, in one round trip: the lock is held
+    only while the server works, never while this process does. Returns (unpaid,
+    balance_after, available_after, low_balance_event_id), or None when the hold was no
+    longer in the status the caller read (nothing was written)."""
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as lock, \
+            psycopg.Cursor(raw) as post:
+        # psycopg's own transaction: BEGIN ... COMMIT (a savepoint inside a caller's
+        # transaction), queued in the pipeline with the two statements.
+        with raw.pipeline(), raw.transaction():
+            lock.execute(LOCK_ACCOUNT_SQL, {"account_id": params["account_id"]})
+            post.execute(SETTLE_PG, {**params, "far_future": FAR_FUTURE})
+        return post.fetchone()

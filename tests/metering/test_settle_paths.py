@@ -110,8 +110,8 @@ def state_of(account_id) -> dict:
         "ledger": transactions,
         "holds": sorted(
             (hold.request_id, hold.status, hold.reserved_nanos, hold.weight,
-             hold.charged_nanos, hold.closed_at,
-             hold.settle_result and {**hold.settle_result, "hold_id": None})
+             hold.charged_nanos, hold.closed_at, hold.billed_seconds, hold.unpaid_nanos,
+             hold.balance_after_nanos, hold.available_after_nanos)
             for hold in Hold.objects.filter(account_id=account_id)),
         "usage": sorted(
             (holds[record.hold_id], record.model_id, record.kind, record.byok,
@@ -136,7 +136,7 @@ def test_the_postgresql_and_portable_settle_writers_have_identical_effects(monke
     def portable_settle(**kwargs):
         with monkeypatch.context() as patched:
             patched.setattr(sql, "is_postgresql", lambda: False)
-            patched.setattr(services, "_settle_write_postgresql", None)  # must not run
+            patched.setattr(services, "_settle_post_postgresql", None)  # must not run
             return services.hold_settle(**kwargs)
 
     portable_account, portable_results = scenario(portable_settle)
