@@ -86,7 +86,6 @@ if DATABASE_URL:
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
-            conn_health_checks=True,
         )
     }
     # psycopg prepares a server-side-bound statement after this many executions on a
