@@ -412,12 +412,22 @@ def _hold_get(hold_id) -> Hold:
         raise HoldNotFound() from None
 
 
+def _needs_seconds() -> UsageMismatch:
+    return UsageMismatch(extra={"fields": {"inference_seconds": [
+        "Required to settle an open-model run."]}})
+
+
+def _needs_cost() -> UsageMismatch:
+    return UsageMismatch(extra={"fields": {"provider_cost_usd": [
+        "Send input_tokens and output_tokens, or provider_cost_usd."]}})
+
+
 def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
+    """The run's price, as metering_settle computes it on PostgreSQL."""
     account_id = hold.account_id
     if hold.kind == InferenceModel.Kind.OPEN:
         if usage.inference_seconds is None:
-            raise UsageMismatch(extra={"fields": {"inference_seconds": [
-                "Required to settle an open-model run."]}})
+            raise _needs_seconds()
         seconds = billed_seconds_for(usage.inference_seconds)
         total = open_charge(billed_seconds=seconds, nanos_per_second=hold.nanos_per_second)
         return Charge(total, seconds, None, (Leg(Book.OPEN_REVENUE, total, account_id),))
@@ -431,119 +441,39 @@ def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
                           input_nanos_per_mtok=hold.input_nanos_per_mtok,
                           output_nanos_per_mtok=hold.output_nanos_per_mtok)
     else:
-        raise UsageMismatch(extra={"fields": {"provider_cost_usd": [
-            "Send input_tokens and output_tokens, or provider_cost_usd."]}})
+        raise _needs_cost()
     charge = closed_charge_from_cost(provider_cost=cost, fee_ppm=hold.platform_fee_ppm)
     return Charge(charge.total_nanos, None, charge.provider_cost_nanos,
                   (Leg(Book.PROVIDER_PASSTHROUGH, charge.provider_cost_nanos, account_id),
                    Leg(Book.PLATFORM_FEE, charge.fee_nanos, account_id)))
 
 
-def _settled_answer(hold: Hold) -> dict:
-    """The settle's answer, from what the settle stored on the hold: the same the first
-    time and on every repeat."""
-    return {
-        "hold_id": str(hold.id), "status": Hold.Status.SETTLED,
-        "charged_usd": nanos_to_usd(hold.charged_nanos),
-        "billed_seconds": hold.billed_seconds,
-        "balance_usd": nanos_to_usd(hold.balance_after_nanos),
-        "available_usd": nanos_to_usd(hold.available_after_nanos),
-        "unpaid_usd": nanos_to_usd(hold.unpaid_nanos),
-    }
-
-
 @dataclass(frozen=True, slots=True)
-class SettlePosting:
-    """A settle about to be written: the hold as read and what it must charge."""
+class Settlement:
+    """What a settle charged and left; stored on the hold, so that settling again
+    answers exactly the same."""
 
-    hold: Hold
-    charge: Charge
-    usage: Usage
-    release_held: int
-    release_slots: int
-    now: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SettleOutcome:
+    hold_id: UUID
+    charged_nanos: int
+    billed_seconds: int | None
     unpaid_nanos: int
     balance_after_nanos: int
     available_after_nanos: int
-    low_balance_event_id: int | None
+
+    def answer(self) -> dict:
+        return {
+            "hold_id": str(self.hold_id), "status": Hold.Status.SETTLED,
+            "charged_usd": nanos_to_usd(self.charged_nanos),
+            "billed_seconds": self.billed_seconds,
+            "balance_usd": nanos_to_usd(self.balance_after_nanos),
+            "available_usd": nanos_to_usd(self.available_after_nanos),
+            "unpaid_usd": nanos_to_usd(self.unpaid_nanos),
+        }
 
 
-def _settle_post_postgresql(posting: SettlePosting) -> SettleOutcome | None:
-    hold, charge, usage = posting.hold, posting.charge, posting.usage
-    revenue = [*charge.revenue, Leg(Book.OPEN_REVENUE, 0)][:2]
-    row = sql.settle_post_postgresql({
-        "hold_id": hold.id, "status_before": hold.status, "account_id": hold.account_id,
-        "key_id": hold.api_key_id, "model_id": hold.model_id, "kind": hold.kind,
-        "byok": hold.byok, "now": posting.now, "charge": charge.total_nanos,
-        "billed_seconds": charge.billed_seconds, "release_held": posting.release_held,
-        "release_slots": posting.release_slots,
-        "memo": f"{hold.model_id} run {hold.request_id}"[:255],
-        "book_1": revenue[0].book, "amount_1": revenue[0].amount_nanos,
-        "book_2": revenue[1].book, "amount_2": revenue[1].amount_nanos,
-        "inference_seconds": usage.inference_seconds, "load_seconds": usage.load_seconds,
-        "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-        "provider_cost_nanos": charge.provider_cost_nanos,
-    })
-    return None if row is None else SettleOutcome(*row)
-
-
-@transaction.atomic
-def _settle_post_portable(posting: SettlePosting) -> SettleOutcome | None:
-    """The settle's writes through the ORM, for databases other than PostgreSQL; the
-    PostgreSQL statement in metering/sql.py does exactly this in one round trip. Returns
-    None when the hold was no longer in the status read (nothing written)."""
-    hold, charge, now = posting.hold, posting.charge, posting.now
-    account = account_lock(account_id=hold.account_id)
-    live = _live_credit(account_id=account.id, now=now)
-    covered = min(charge.total_nanos, live)
-    unpaid = charge.total_nanos - covered
-    outcome = SettleOutcome(
-        unpaid_nanos=unpaid, balance_after_nanos=live - covered,
-        available_after_nanos=max(0, live - covered
-                                  - (account.held_nanos - posting.release_held)),
-        low_balance_event_id=None)
-    updated = Hold.objects.filter(id=hold.id, status=hold.status).update(
-        status=Hold.Status.SETTLED, closed_at=now, charged_nanos=charge.total_nanos,
-        billed_seconds=charge.billed_seconds, unpaid_nanos=outcome.unpaid_nanos,
-        balance_after_nanos=outcome.balance_after_nanos,
-        available_after_nanos=outcome.available_after_nanos)
-    if not updated:
-        return None
-    consumed = credit_consume(account=account, amount_nanos=charge.total_nanos, now=now)
-    legs = [*consumed.legs, *charge.revenue]
-    if consumed.shortfall_nanos:
-        legs.append(Leg(Book.CUSTOMER_RECEIVABLE, -consumed.shortfall_nanos, account.id))
-    if charge.total_nanos:  # a run charged nothing moves no value: no ledger transaction
-        ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
-                    memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
-    Account.objects.filter(id=account.id).update(
-        held_nanos=F("held_nanos") - posting.release_held,
-        slots_in_use=F("slots_in_use") - posting.release_slots)
-    balance_before = account.balance_nanos
-    account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
-                          receivable_delta=consumed.shortfall_nanos)
-    _usage_record_create(hold=hold, charge=charge, usage=posting.usage,
-                         unpaid_nanos=consumed.shortfall_nanos, now=now)
-    if consumed.covered_nanos != covered:
-        raise RuntimeError("credit covered differs from what was read under the lock")
-    # The crossing is recorded here, and auto-reload told once this transaction commits.
-    low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
-    return outcome
-
-
-def _usage_record_create(*, hold: Hold, charge: Charge, usage: Usage, unpaid_nanos: int,
-                         now: datetime) -> None:
-    UsageRecord.objects.create(
-        hold=hold, account_id=hold.account_id, api_key_id=hold.api_key_id,
-        model_id=hold.model_id, kind=hold.kind, byok=hold.byok,
-        inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
-        billed_seconds=charge.billed_seconds, input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens, provider_cost_nanos=charge.provider_cost_nanos,
-        charged_nanos=charge.total_nanos, unpaid_nanos=unpaid_nanos, created_at=now)
+def _settlement_of(hold: Hold) -> Settlement:
+    return Settlement(hold.id, hold.charged_nanos, hold.billed_seconds, hold.unpaid_nanos,
+                      hold.balance_after_nanos, hold.available_after_nanos)
 
 
 def _hold_closed_refusal(*, hold: Hold, now: datetime) -> HoldClosed | None:
@@ -564,37 +494,91 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> dict:
     first result and charges nothing more."""
     now = now or timezone.now()
     hold_uuid = _hold_uuid(hold_id)
-    post = _settle_post_postgresql if sql.is_postgresql() else _settle_post_portable
-    for _ in range(3):
-        hold = sql.hold_read(hold_id=hold_uuid)
-        if hold is None:
-            raise HoldNotFound()
-        if hold.status == Hold.Status.SETTLED:
-            return _settled_answer(hold)
-        refusal = _hold_closed_refusal(hold=hold, now=now)
-        if refusal is not None:
-            raise refusal
-        # An open hold still holds its money and slots (even when its lease lapsed and no
-        # sweep has run yet); an expired one gave them back already.
-        is_open = hold.status == Hold.Status.OPEN
-        charge = _charge_for(hold=hold, usage=usage)
-        outcome = post(SettlePosting(
-            hold=hold, charge=charge, usage=usage, now=now,
-            release_held=hold.reserved_nanos if is_open else 0,
-            release_slots=hold.weight if is_open else 0))
-        if outcome is not None:
-            if outcome.low_balance_event_id is not None:
-                # Committed already, unless a caller's transaction encloses this one.
-                transaction.on_commit(partial(low_balance_event_dispatch,
-                                              event_id=outcome.low_balance_event_id))
-            hold.charged_nanos, hold.billed_seconds = charge.total_nanos, charge.billed_seconds
-            hold.unpaid_nanos = outcome.unpaid_nanos
-            hold.balance_after_nanos = outcome.balance_after_nanos
-            hold.available_after_nanos = outcome.available_after_nanos
-            return _settled_answer(hold)
-        # Another call settled, released or expired the hold between our read and the
-        # lock: nothing was written; read it again and decide anew.
-    raise RuntimeError("hold status kept changing")
+    if sql.is_postgresql():
+        return _hold_settle_postgresql(hold_id=hold_uuid, usage=usage, now=now).answer()
+    return _hold_settle_portable(hold_id=hold_uuid, usage=usage, now=now).answer()
+
+
+def _hold_settle_postgresql(*, hold_id: UUID, usage: Usage, now: datetime) -> Settlement:
+    """One statement: the database function metering_settle locks the account, decides,
+    prices and writes (migration metering/0006 holds it)."""
+    (outcome, hold_status, charged, billed_seconds, unpaid, balance_after, available_after,
+     low_balance_event_id) = sql.settle_postgresql(
+        hold_id=hold_id, now=now, late_window=settings.LATE_SETTLE_WINDOW,
+        inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        provider_cost_nanos=usage.provider_cost_nanos)
+    if outcome == "not_found":
+        raise HoldNotFound()
+    if outcome == "closed":
+        raise HoldClosed(extra={"hold_status": hold_status})
+    if outcome == "needs_seconds":
+        raise _needs_seconds()
+    if outcome == "needs_cost":
+        raise _needs_cost()
+    if low_balance_event_id is not None:
+        # Committed already, unless a caller's transaction encloses this one.
+        transaction.on_commit(partial(low_balance_event_dispatch,
+                                      event_id=low_balance_event_id))
+    return Settlement(hold_id, charged, billed_seconds, unpaid, balance_after, available_after)
+
+
+@transaction.atomic
+def _hold_settle_portable(*, hold_id: UUID, usage: Usage, now: datetime) -> Settlement:
+    """The same decisions and writes as metering_settle, through the ORM, for databases
+    other than PostgreSQL (tests/metering/test_settle_paths.py runs both and compares)."""
+    account_id = Hold.objects.filter(id=hold_id).values_list("account_id", flat=True).first()
+    if account_id is None:
+        raise HoldNotFound()
+    account = account_lock(account_id=account_id)
+    hold = Hold.objects.get(id=hold_id)  # current, now that the account is locked
+    if hold.status == Hold.Status.SETTLED:
+        return _settlement_of(hold)
+    refusal = _hold_closed_refusal(hold=hold, now=now)
+    if refusal is not None:
+        raise refusal
+    charge = _charge_for(hold=hold, usage=usage)
+    # An open hold still holds its money and slots (even when its lease lapsed and no
+    # sweep has run yet); an expired one gave them back already.
+    is_open = hold.status == Hold.Status.OPEN
+    release_held = hold.reserved_nanos if is_open else 0
+    release_slots = hold.weight if is_open else 0
+    # The balance reported is the live credit left: a lot that expired before its expiry
+    # was recorded is still in the working balance but no longer spendable.
+    live = _live_credit(account_id=account.id, now=now)
+    consumed = credit_consume(account=account, amount_nanos=charge.total_nanos, now=now)
+    settlement = Settlement(
+        hold.id, charge.total_nanos, charge.billed_seconds, consumed.shortfall_nanos,
+        live - consumed.covered_nanos,
+        max(0, live - consumed.covered_nanos - (account.held_nanos - release_held)))
+    Hold.objects.filter(id=hold.id).update(
+        status=Hold.Status.SETTLED, closed_at=now, charged_nanos=settlement.charged_nanos,
+        billed_seconds=settlement.billed_seconds, unpaid_nanos=settlement.unpaid_nanos,
+        balance_after_nanos=settlement.balance_after_nanos,
+        available_after_nanos=settlement.available_after_nanos)
+    legs = [*consumed.legs, *charge.revenue]
+    if consumed.shortfall_nanos:
+        legs.append(Leg(Book.CUSTOMER_RECEIVABLE, -consumed.shortfall_nanos, account.id))
+    if charge.total_nanos:  # a run charged nothing moves no value: no ledger transaction
+        ledger_post(kind=LedgerKind.USAGE, account_id=account.id, now=now,
+                    memo=f"{hold.model_id} run {hold.request_id}", legs=legs)
+    Account.objects.filter(id=account.id).update(
+        held_nanos=F("held_nanos") - release_held,
+        slots_in_use=F("slots_in_use") - release_slots)
+    balance_before = account.balance_nanos
+    account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
+                          receivable_delta=consumed.shortfall_nanos)
+    UsageRecord.objects.create(
+        hold=hold, account_id=hold.account_id, api_key_id=hold.api_key_id,
+        model_id=hold.model_id, kind=hold.kind, byok=hold.byok,
+        inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
+        billed_seconds=charge.billed_seconds, input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens, provider_cost_nanos=charge.provider_cost_nanos,
+        charged_nanos=charge.total_nanos, unpaid_nanos=consumed.shortfall_nanos,
+        created_at=now)
+    # The crossing is recorded here, and auto-reload told once this transaction commits.
+    low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
+    return settlement
 
 
 def _hold_uuid(hold_id) -> UUID:
@@ -615,11 +599,11 @@ def hold_release(*, hold_id, now: datetime | None = None) -> dict:
     """The run did not happen: nothing is charged and the slot is freed. Idempotent."""
     now = now or timezone.now()
     hold_uuid = _hold_uuid(hold_id)
-    hold = sql.hold_read(hold_id=hold_uuid)
-    if hold is None:
+    account_id = Hold.objects.filter(id=hold_uuid).values_list("account_id", flat=True).first()
+    if account_id is None:
         raise HoldNotFound()
     with transaction.atomic():
-        account_lock(account_id=hold.account_id)
+        account_lock(account_id=account_id)
         hold = Hold.objects.get(id=hold_uuid)  # current: the account is locked
         if hold.status == Hold.Status.SETTLED:
             raise HoldClosed("The hold is settled; it cannot be released.",

@@ -118,66 +118,20 @@ def authorize_reserve(params: dict) -> tuple | None:
         return (*row[:3], row[4], row[5], tier[0] if tier else None)
 
 
-HOLD_ATTRIBUTES = (
-    "id", "account_id", "api_key_id", "model_id", "request_id", "kind", "byok", "status",
-    "reserved_nanos", "weight", "nanos_per_second", "input_nanos_per_mtok",
-    "output_nanos_per_mtok", "platform_fee_ppm", "byok_fee_nanos", "created_at",
-    "lease_expires_at", "charged_nanos", "billed_seconds", "unpaid_nanos",
-    "balance_after_nanos", "available_after_nanos")
-
-READ_HOLD_SQL = f"SELECT {', '.join(HOLD_ATTRIBUTES)} FROM metering_hold WHERE id = %(hold_id)s"
-
-
-def hold_read(*, hold_id: UUID):
-    """The hold, unlocked. Everything a settle prices from never changes after authorize;
-    its status may change, and the settle statement re-checks it under the lock."""
-    from metering.models import Hold
-
-    if not is_postgresql():
-        return Hold.objects.filter(id=hold_id).first()
-    with hot_cursor() as cursor:
-        cursor.execute(READ_HOLD_SQL, {"hold_id": hold_id})
-        row = cursor.fetchone()
-    return None if row is None else Hold(**dict(zip(HOLD_ATTRIBUTES, row, strict=True)))
-
-
-LOCK_ACCOUNT_SQL = "SELECT 1 FROM accounts_account WHERE id = %(account_id)s FOR UPDATE"
-
-# The settle's writes are the database function metering_settle (its migration holds
-# its text): it locks the account, then does every write in one statement that reads
-# only current data, and computes the answer and any low-balance crossing itself.
+# The settle is the database function metering_settle (migration metering/0006 holds its
+# text): it locks the account, decides, prices and does every write, all in one statement.
 SETTLE_CALL = compact("""
-SELECT * FROM metering_settle(%(hold_id)s::uuid,
-    %(status_before)s::text,
-    %(account_id)s::uuid,
-    %(key_id)s::uuid,
-    %(model_id)s::text,
-    %(kind)s::text,
-    %(byok)s::boolean,
-    %(now)s::timestamptz,
-    %(charge)s::bigint,
-    %(billed_seconds)s::bigint,
-    %(release_held)s::bigint,
-    %(release_slots)s::integer,
-    %(memo)s::text,
-    %(book_1)s::text,
-    %(amount_1)s::bigint,
-    %(book_2)s::text,
-    %(amount_2)s::bigint,
-    %(inference_seconds)s::numeric,
-    %(load_seconds)s::numeric,
-    %(input_tokens)s::bigint,
-    %(output_tokens)s::bigint,
-    %(provider_cost_nanos)s::bigint,
+SELECT * FROM metering_settle(%(hold_id)s::uuid, %(now)s::timestamptz,
+    %(late_window)s::interval, %(inference_seconds)s::numeric, %(load_seconds)s::numeric,
+    %(input_tokens)s::bigint, %(output_tokens)s::bigint, %(provider_cost_nanos)s::bigint,
     %(far_future)s::timestamptz)
 """)
 
 
-def settle_post_postgresql(params: dict) -> tuple | None:
-    """Post a settle in one statement (autocommit: the statement is its transaction; in a
-    caller's transaction, part of it). Returns (unpaid, balance_after, available_after,
-    low_balance_event_id), or None when the hold was no longer in the status the caller
-    read (nothing was written)."""
+def settle_postgresql(**params) -> tuple:
+    """One statement (autocommit: its own transaction; in a caller's transaction, part of
+    it). Returns metering_settle's row: (outcome, hold status, charged, billed seconds,
+    unpaid, balance after, available after, low-balance event id)."""
     with hot_cursor() as cursor:
         cursor.execute(SETTLE_CALL, {**params, "far_future": FAR_FUTURE})
         return cursor.fetchone()

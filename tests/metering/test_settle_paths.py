@@ -136,7 +136,7 @@ def test_the_postgresql_and_portable_settle_writers_have_identical_effects(monke
     def portable_settle(**kwargs):
         with monkeypatch.context() as patched:
             patched.setattr(sql, "is_postgresql", lambda: False)
-            patched.setattr(services, "_settle_post_postgresql", None)  # must not run
+            patched.setattr(services, "_hold_settle_postgresql", None)  # must not run
             return services.hold_settle(**kwargs)
 
     portable_account, portable_results = scenario(portable_settle)
