@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the run path (authorize, settle) against its baseline.")
+    parser.add_argument("--keep-database", action="store_true",
+                        help="reuse the benchmark database as earlier runs left it (default: "
+                        "drop and recreate it, so that runs compare like with like)")
     parser.add_argument("--database-url",
                         default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
                         help="the benchmark's own PostgreSQL database (created if missing)")
@@ -135,13 +138,19 @@ class Context:
 # --- set-up -----------------------------------------------------------------------------------
 
 
-def database_ensure(database_url: str) -> None:
+def database_ensure(database_url: str, *, fresh: bool) -> None:
+    """Create the benchmark's database; with `fresh`, drop it first. Runs then compare
+    like with like: tables and indexes grown by earlier runs (and the autovacuum they
+    set off) change the figures."""
     params = conninfo_to_dict(database_url)
     name = params.get("dbname")
     if not name:
         raise SystemExit("DATABASE_URL names no database")
     maintenance = make_conninfo(database_url, dbname="postgres")
     with psycopg.connect(maintenance, autocommit=True) as conn:
+        if fresh:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -520,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS_DIR / (
         f"{stamp}-servers.json" if args.compare_servers else f"{stamp}.json")
     print(f"Database {args.database_url}, Redis {args.redis_url}", flush=True)
-    database_ensure(args.database_url)
+    database_ensure(args.database_url, fresh=not args.keep_database)
     migrate(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir, \
             psycopg.connect(args.database_url, autocommit=True) as monitor:

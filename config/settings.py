@@ -61,6 +61,12 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Served by config.wsgi's machine handler: the internal API and the health check.
+MACHINE_PATH_PREFIXES = ("/internal/", "/healthz")
+MACHINE_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",  # sets Content-Length: keep-alive clients
+]
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
