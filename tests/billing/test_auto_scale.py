@@ -141,3 +141,62 @@ def test_auto_scale_settings_read_and_write(make_customer, save_card):
     assert invalid.status_code == 400 and "max_monthly_spend_usd" in invalid.json()["fields"]
     assert customer.api.get("/api/v1/auto-scale").data["max_monthly_spend_usd"] == (
         "250.000000000")
+
+
+# --- Through the gateway's authorize ---------------------------------------------------------
+
+
+def _authorize(api, customer, request_id, *, auto_scale=False):
+    return api.post("/internal/v1/authorize", {
+        "api_key": customer.key, "model": "test/auto-scale-7b", "request_id": request_id,
+        "auto_scale": auto_scale, "estimate": {"seconds": 10}}, format="json")
+
+
+@pytest.fixture
+def open_7b_model(api):
+    response = api.put("/internal/v1/models/test/auto-scale-7b",
+                       {"kind": "open", "params_b": 7}, format="json")
+    assert response.status_code == 200, response.content
+
+
+def test_an_authorize_with_auto_scale_buys_the_next_tier_and_runs(
+        make_customer, save_card, api, stripe_client, open_7b_model):
+    # Given tier 1 (4 slots) with all of them taken by running 7B runs
+    customer = _customer(make_customer, save_card, api)
+    for index in range(4):
+        assert _authorize(api, customer, f"run-{index}").status_code == 200
+
+    # When one more run is refused without auto-scale, then sent with it
+    refused = _authorize(api, customer, "run-4")
+    scaled = _authorize(api, customer, "run-5", auto_scale=True)
+
+    # Then the first is refused for concurrency, and the second buys $20 (tier 3, 10 slots)
+    # once, and runs
+    assert (refused.status_code, refused.json()["code"]) == (429, "concurrency_limit")
+    assert scaled.status_code == 200, scaled.content
+    assert scaled.json()["concurrency"] == {"in_use": 5, "limit": 10}
+    assert scaled.json()["tier"]["name"] == "Tier 3"
+    assert _charges(stripe_client, customer) == [2000]
+    [purchase] = Purchase.objects.filter(account_id=customer.id, kind="auto_scale")
+    assert purchase.amount_nanos == 20 * USD
+
+
+def test_an_authorize_with_auto_scale_that_cannot_buy_is_refused_as_before(
+        make_customer, save_card, api, stripe_client, open_7b_model):
+    # Given tier 1 with every slot taken, and no saved card
+    customer = _customer(make_customer, save_card, api, card=None)
+    for index in range(4):
+        assert _authorize(api, customer, f"run-{index}").status_code == 200
+    balance_before = _account(customer).balance_nanos
+
+    # When a run asks for auto-scale
+    response = _authorize(api, customer, "run-4", auto_scale=True)
+
+    # Then it is refused for concurrency, and nothing was bought or reserved
+    assert (response.status_code, response.json()["code"]) == (429, "concurrency_limit")
+    assert response.json()["limit"] == 4 and response.json()["in_use"] == 4
+    account = _account(customer)
+    assert (account.tier.name, account.slots_in_use, account.balance_nanos) == (
+        "Tier 1", 4, balance_before)
+    assert not Purchase.objects.filter(account_id=customer.id, kind="auto_scale").exists()
+    assert _charges(stripe_client, customer) == []
