@@ -17,6 +17,7 @@ from billing.models import (
     Subscription,
 )
 from billing.money import MoneyFormatError, nanos_to_usd, usd_to_nanos
+from config.admin_bases import ReadOnlyAdmin
 from config.api import ApplicationError
 from metering.admin import CatalogAdmin
 
@@ -28,19 +29,6 @@ class PlanAdmin(CatalogAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return ["code"] if obj else []
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Money records are written by services only; staff read them here."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

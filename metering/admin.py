@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from config.admin_bases import ReadOnlyAdmin
 from metering.catalog import catalog_caches_clear
 from metering.models import Hold, InferenceModel, PricingPolicy, SizeClass, UsageRecord
 
@@ -41,21 +42,8 @@ class PricingPolicyAdmin(CatalogAdmin):
         return False
 
 
-class ReadOnlyModelAdmin(admin.ModelAdmin):
-    """Holds and usage are written by the run path only; staff read them here."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Hold)
-class HoldAdmin(ReadOnlyModelAdmin):
+class HoldAdmin(ReadOnlyAdmin):
     list_display = ["id", "account", "model_id", "status", "reserved_nanos", "weight",
                     "created_at", "lease_expires_at", "charged_nanos"]
     list_filter = ["status", "kind", "byok"]
@@ -65,7 +53,7 @@ class HoldAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyModelAdmin):
+class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["hold_id", "account", "model_id", "billed_seconds", "input_tokens",
                     "output_tokens", "charged_nanos", "unpaid_nanos", "created_at"]
     list_filter = ["kind", "byok"]
