@@ -28,7 +28,7 @@ run: setup
 	env -u DATABASE_URL -u REDIS_URL DJANGO_DEBUG=1 BILLING_INTERNAL_TOKENS=$(DEV_TOKEN) \
 		sh -c '$(BIN)/python manage.py migrate --noinput -v0 && \
 		$(BIN)/python manage.py demo_seed && \
-		echo "Service: http://127.0.0.1:8000/  (internal API: /internal/v1/, schema: /internal/v1/docs, staff: /admin/)" && \
+		echo "Service: http://127.0.0.1:8000/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
 		exec $(BIN)/python manage.py runserver 127.0.0.1:8000'
 
 # The whole test suite against the local PostgreSQL and Redis.

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.http import HttpResponse
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
@@ -29,6 +30,8 @@ public_v1 = [
 ]
 
 urlpatterns = [
+    # The service's only pages are the staff console's.
+    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),

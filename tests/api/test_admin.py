@@ -88,3 +88,11 @@ def test_money_records_cannot_be_edited_or_deleted_in_the_admin(staff_client):
     assert staff_client.post(delete, {"post": "yes"}).status_code == 403
     assert staff_client.get(reverse("admin:billing_creditlot_add")).status_code == 403
     assert CreditLot.objects.values().get(pk=lot.pk) == before
+
+
+def test_the_service_root_leads_to_the_staff_console(client):
+    response = client.get("/", follow=True)
+
+    assert response.redirect_chain[0] == ("/admin/", 302)
+    assert response.status_code == 200
+    assert "Log in" in response.content.decode()

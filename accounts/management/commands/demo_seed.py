@@ -50,7 +50,9 @@ class Command(BaseCommand):
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
         self.stdout.write(f"  staff console:   /admin/  admin@example.com / {admin_password}")
-        self.stdout.write(f"  demo customer:   demo@example.com / {customer_password}")
-        self.stdout.write(f"  demo account id: {account.id}")
+        self.stdout.write(f"  demo customer:   demo@example.com, account {account.id}")
         self.stdout.write(f"  demo API key:    {key}")
+        self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
         self.stdout.write(f"  service token:   {token}")
+        self.stdout.write("                   (the internal API, /internal/v1/, documented at "
+                          "/internal/v1/docs)")
