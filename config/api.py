@@ -44,6 +44,9 @@ class NotFoundError(ApplicationError):
 
 
 def error_body(status: int, code: str, message: str, **extra) -> dict:
+    if status == 400 and "fields" not in extra:
+        # The contract's 400 always says why in "fields".
+        extra["fields"] = {"non_field_errors": [message]}
     return {"status": status, "error": HTTPStatus(status).phrase, "code": code,
             "message": message, **extra}
 
@@ -75,19 +78,13 @@ def _field_errors(detail) -> dict[str, list[str]]:
 
 def exception_handler(exc, context):
     if isinstance(exc, ApplicationError):
-        extra = exc.extra
-        if exc.status == 400 and "fields" not in extra:
-            # The contract's 400 always says why in "fields".
-            extra = {**extra, "fields": {"non_field_errors": [exc.message]}}
         return error_response(exc.status, exc.code, exc.message, headers=exc.headers,
-                              **extra)
+                              **exc.extra)
     if isinstance(exc, exceptions.ValidationError):
         return error_response(400, "invalid_request", "The request is invalid.",
                               fields=_field_errors(exc.detail))
     if isinstance(exc, exceptions.ParseError):
-        message = f"Malformed JSON: {exc.detail}"
-        return error_response(400, "invalid_request", message,
-                              fields={"non_field_errors": [message]})
+        return error_response(400, "invalid_request", f"Malformed JSON: {exc.detail}")
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return error_response(415, "unsupported_media_type",
                               "Send the body as application/json.")
@@ -111,6 +108,16 @@ def exception_handler(exc, context):
 
 def json_not_found(request, *args, **kwargs):
     return JsonResponse(error_body(404, "not_found", "No such endpoint."), status=404)
+
+
+def internal_not_found(request, *args, **kwargs):
+    """An unknown /internal/v1/ path: without a service token, 401 like every other
+    internal call (an unauthenticated caller learns nothing about which paths exist)."""
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer" or not service_token_valid(token.strip()):
+        return application_error_response(Unauthorized(headers={
+            "WWW-Authenticate": ServiceTokenAuthentication().authenticate_header(request)}))
+    return json_not_found(request)
 
 
 # --- Input fields: the JSON types the contract writes -------------------------------------
@@ -196,6 +203,17 @@ class ServiceTokenScheme(OpenApiAuthenticationExtension):
 class IsServiceCaller(BasePermission):
     def has_permission(self, request, view):
         return isinstance(request.user, ServiceCaller)
+
+
+class IsServiceCallerOrStaff(BasePermission):
+    """The API's description: for the platform's services, and for staff signed in to
+    the console (who read it in a browser). Anyone else gets the contract's 401."""
+
+    def has_permission(self, request, view):
+        if isinstance(request.user, ServiceCaller) or (
+                getattr(request.user, "is_staff", False) and request.user.is_active):
+            return True
+        raise exceptions.NotAuthenticated()
 
 
 class InternalAutoSchema(AutoSchema):

@@ -63,6 +63,8 @@ MIDDLEWARE = [
 ]
 # Served by config.wsgi's machine handler: the internal API and the health check.
 MACHINE_PATH_PREFIXES = ("/internal/", "/healthz")
+# ...except the API's description, which staff signed in to the console read in a browser.
+BROWSER_PATH_PREFIXES = ("/internal/v1/schema", "/internal/v1/docs")
 MACHINE_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",  # sets Content-Length: keep-alive clients
@@ -177,7 +179,8 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@example.com")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser",
+                               "config.parsers.JsonBodyParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "config.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -191,6 +194,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/(internal|api)/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Bodies are documented as what they are, JSON (config.parsers.JsonBodyParser reads any).
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
 }
 
 # Service tokens for /internal/v1/ (comma-separated).

@@ -1,21 +1,26 @@
 from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpResponse
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from drf_spectacular.views import SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
-from config.api import json_not_found
+from config.api import internal_not_found, json_not_found
+from config.schema import InternalSchemaApi
 
 internal_v1 = [
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
     path("", include("metering.urls")),
-    path("schema", SpectacularAPIView.as_view(), name="internal-schema"),
-    path("docs", SpectacularRedocView.as_view(url_name="internal-schema"),
-         name="internal-docs"),
-    # Any other path under /internal/v1/, newlines included, gets the JSON 404.
-    re_path(r"^[\s\S]*$", json_not_found),
+    # The description is for the platform's services and for staff signed in to the
+    # console; the readable page sends others to the console's login.
+    path("schema", InternalSchemaApi.as_view(), name="internal-schema"),
+    path("docs", staff_member_required(SpectacularRedocView.as_view(
+        url_name="internal-schema")), name="internal-docs"),
+    # Any other path under /internal/v1/, newlines included: 401 without a service
+    # token, else the JSON 404.
+    re_path(r"^[\s\S]*$", internal_not_found),
 ]
 
 def healthz(request):
@@ -35,6 +40,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
+    re_path(r"^internal/", internal_not_found),
     path("api/v1/", include(public_v1)),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
 ]

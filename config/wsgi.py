@@ -34,6 +34,7 @@ machine_application = MachineWSGIHandler()
 
 def application(environ, start_response):
     path = environ.get("PATH_INFO", "")
-    if path.startswith(settings.MACHINE_PATH_PREFIXES):
+    if path.startswith(settings.MACHINE_PATH_PREFIXES) and \
+            not path.startswith(settings.BROWSER_PATH_PREFIXES):
         return machine_application(environ, start_response)
     return browser_application(environ, start_response)

@@ -58,6 +58,8 @@ def assert_contract_error(response, status: int, code: str, field: str | None = 
     assert body["error"] == HTTPStatus(status).phrase
     assert body["code"] == code
     assert isinstance(body["message"], str) and body["message"]
+    if status == 400:  # the contract's 400 always says why
+        assert isinstance(body.get("fields"), dict) and body["fields"], body
     if field is not None:
         assert field in body["fields"], body["fields"]
         assert all(isinstance(why, str) and why for why in body["fields"][field])

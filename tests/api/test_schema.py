@@ -3,6 +3,10 @@ provisioning calls as they are."""
 
 import pytest
 import yaml
+from django.test import override_settings
+
+from accounts.models import User
+from tests.support import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +40,8 @@ def schema():
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
-    response = client.get("/internal/v1/schema?format=json")
+    with override_settings(BILLING_INTERNAL_TOKENS=[INTERNAL_TOKEN]):
+        response = client.get("/internal/v1/schema?format=json")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
     return response.json()
@@ -80,3 +85,29 @@ def test_the_schema_is_also_served_as_yaml(api):
     response = api.get("/internal/v1/schema")
     assert response.status_code == 200
     assert set(PROVISIONING) <= set(yaml.safe_load(response.content)["paths"])
+
+
+def test_the_schema_is_not_served_without_a_service_token(anon_api):
+    assert_error(anon_api.get("/internal/v1/schema"), 401, "unauthorized")
+    assert_error(anon_api.get("/internal/v1/schema", HTTP_AUTHORIZATION="Bearer wrong"), 401,
+                 "unauthorized")
+
+
+def test_staff_signed_in_to_the_console_read_the_schema_and_its_page(client):
+    # Given someone not signed in: the readable page sends them to the console's login.
+    docs = client.get("/internal/v1/docs")
+    assert docs.status_code == 302 and docs["Location"].startswith("/admin/login/")
+
+    # A customer signed in is not staff: no schema.
+    customer = User.objects.create_user(email="customer@example.com", password="pw-cust-1")
+    client.force_login(customer)
+    assert client.get("/internal/v1/schema").status_code == 401
+
+    # Staff signed in read both.
+    staff = User.objects.create_user(email="staff@example.com", password="pw-staff-1",
+                                     is_staff=True)
+    client.force_login(staff)
+    assert client.get("/internal/v1/docs").status_code == 200
+    schema = client.get("/internal/v1/schema?format=json")
+    assert schema.status_code == 200
+    assert set(PROVISIONING) <= set(schema.json()["paths"])

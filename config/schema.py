@@ -1,0 +1,18 @@
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.renderers import JSONRenderer
+
+from config.api import IsServiceCallerOrStaff, ServiceTokenAuthentication
+
+
+class InternalSchemaApi(SpectacularAPIView):
+    """The OpenAPI schema of the service's APIs (YAML, or JSON with ?format=json)."""
+
+    authentication_classes = [ServiceTokenAuthentication, SessionAuthentication]
+    permission_classes = [IsServiceCallerOrStaff]
+
+    def handle_exception(self, exc):
+        # Errors are the contract's JSON, not a document in the schema's format.
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
