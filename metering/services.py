@@ -141,10 +141,12 @@ class Reservation:
 def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
                        estimate_seconds: Decimal | None, estimate_input_tokens: int | None,
                        estimate_max_output_tokens: int | None) -> int:
+    # A run that is not BYOK always reserves something (an estimate of zero reserves one
+    # second, or one nano-dollar), so an account with nothing available gets its 402.
     if model.kind == InferenceModel.Kind.OPEN:
         seconds = policy.default_estimate_seconds if estimate_seconds is None \
             else estimate_seconds
-        return open_charge(billed_seconds=billed_seconds_for(Decimal(seconds)),
+        return open_charge(billed_seconds=max(1, billed_seconds_for(Decimal(seconds))),
                            nanos_per_second=model.nanos_per_second)
     if byok:
         return policy.byok_fee_nanos
@@ -155,8 +157,8 @@ def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
         if estimate_max_output_tokens is None else estimate_max_output_tokens,
         input_nanos_per_mtok=model.input_nanos_per_mtok,
         output_nanos_per_mtok=model.output_nanos_per_mtok)
-    return closed_charge_from_cost(provider_cost=cost,
-                                   fee_ppm=policy.platform_fee_ppm).total_nanos
+    return max(1, closed_charge_from_cost(provider_cost=cost,
+                                          fee_ppm=policy.platform_fee_ppm).total_nanos)
 
 
 def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
@@ -206,8 +208,10 @@ def _replay(*, hold: Hold, account: Account) -> Authorization:
 def holds_expire_locked(*, account: Account, now: datetime) -> int:
     """Void the locked account's holds whose lease ran out: their money and slots are
     freed without a charge. Returns how many."""
-    lapsed = list(Hold.objects.filter(account=account, status=Hold.Status.OPEN,
-                                      lease_expires_at__lte=now)
+    # Row locks: a heartbeat that commits first extends the lease and the hold is re-read
+    # (not expired); one that comes after waits, then finds the hold expired (409).
+    lapsed = list(Hold.objects.select_for_update()
+                  .filter(account=account, status=Hold.Status.OPEN, lease_expires_at__lte=now)
                   .values_list("id", "reserved_nanos", "weight"))
     if not lapsed:
         return 0
@@ -289,26 +293,37 @@ def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError 
     return None
 
 
+def _api_key_usable(*, key_id: UUID, now: datetime) -> bool:
+    return ApiKey.objects.filter(id=key_id, revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists()
+
+
 def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization:
     with transaction.atomic():
         account = account_lock(account_id=reservation.key.account_id)
-        existing = Hold.objects.filter(account=account,
-                                       request_id=reservation.request_id).first()
-        if existing is not None:
-            # Brought current first, so that the replay reports no expired credit.
-            account_bring_current_locked(account=account, now=now)
-            return _replay(hold=existing, account=account)
-        if not ApiKey.objects.filter(id=reservation.key.key_id, revoked_at__isnull=True) \
-                .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists():
+        if not _api_key_usable(key_id=reservation.key.key_id, now=now):
+            # Revoked: refused from the next call on, a retried request_id included.
             refusal = InvalidApiKey()
         else:
             account_bring_current_locked(account=account, now=now)
-            refusal = _refusal(account=account, reservation=reservation)
-            if refusal is None:
-                authorization = _try_reserve(reservation=reservation, now=now)
-                if authorization is None:  # every rule held a moment ago, under the lock
-                    raise RuntimeError("reservation refused with no rule broken")
-                return authorization
+            existing = Hold.objects.filter(account=account,
+                                           request_id=reservation.request_id).first()
+            if existing is not None:
+                if account.status != Account.Status.ACTIVE:
+                    refusal = _refusal(account=account, reservation=reservation)
+                else:
+                    return _replay(hold=existing, account=account)
+            else:
+                refusal = _refusal(account=account, reservation=reservation)
+                if refusal is None:
+                    authorization = _try_reserve(reservation=reservation, now=now)
+                    if authorization is not None:
+                        return authorization
+                    # Every rule held under the lock; only the key, which a revocation
+                    # changes without the account lock, can have moved since.
+                    if _api_key_usable(key_id=reservation.key.key_id, now=now):
+                        raise RuntimeError("reservation refused with no rule broken")
+                    refusal = InvalidApiKey()
     # Raised after commit: the bookkeeping above (expiry, lapsed holds) stays done.
     raise refusal
 
@@ -319,6 +334,12 @@ def _closed_rate_limit(*, reservation: Reservation, request) -> None:
     rps = plan_closed_rps(account_plan_code(reservation.key.account_id))
     if not rps:
         return
+    key = reservation.key
+    if Hold.objects.filter(account_id=key.account_id,
+                           request_id=reservation.request_id).exists():
+        return  # a retry of a request already counted; the slow path answers it
+    if not _api_key_usable(key_id=key.key_id, now=timezone.now()):
+        raise InvalidApiKey()  # a revoked key must not use up the account's requests
     usage = get_usage(request, group="closed-model-requests", rate=f"{rps}/s",
                       key=lambda group, req: str(reservation.key.account_id), increment=True)
     if usage is not None and usage["should_limit"]:

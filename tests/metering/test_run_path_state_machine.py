@@ -323,10 +323,11 @@ class RunPathMachine(RuleBasedStateMachine):
         model_id = MODEL_CLOSED if byok else model
         if model_id in OPEN_MODELS:
             class_params, rate, weight = OPEN_MODELS[model_id]
-            reserve = math.ceil(60 if seconds is None else seconds) * rate
+            # A run reserves at least its smallest billable second.
+            reserve = max(1, math.ceil(60 if seconds is None else seconds)) * rate
         else:
             class_params, weight = 0, 0
-            reserve = 0 if byok else closed_charge(token_cost(*(tokens or (1000, 1000))))
+            reserve = 0 if byok else max(1, closed_charge(token_cost(*(tokens or (1000, 1000)))))
         _, max_params, concurrency = self.tier(account)
         in_use = sum(hold.weight for hold in self.active(index))
         available = account.live(self.now) - sum(h.reserved for h in self.active(index))
@@ -374,9 +375,13 @@ class RunPathMachine(RuleBasedStateMachine):
         hold = self.all_holds[hold_id]
         account = self.accounts[hold.account]
         model_id = MODEL_CLOSED if hold.model == "byok" else hold.model
-        authorization = services.hold_authorize(
+        authorization = self.refusal(lambda: services.hold_authorize(
             api_key=account.key, model_id=model_id, request_id=hold.request_id,
-            byok=hold.model == "byok", now=self.now)
+            byok=hold.model == "byok", now=self.now))
+        if account.suspended:  # a suspended account's authorize fails, retries included
+            assert isinstance(authorization, ApplicationError), authorization
+            assert authorization.code == "account_suspended"
+            return
         assert (authorization.hold_id, authorization.replayed) == (hold.id, True)
         assert authorization.reserved_nanos == hold.reserved
         assert authorization.balance_nanos == account.live(self.now)
