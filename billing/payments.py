@@ -561,6 +561,19 @@ def payment_intent_event_apply(*, intent: IntentState, now: datetime) -> str:
     return f"payment {payment.id} {payment.status}"
 
 
+def payment_intent_sync(*, payment_intent_id: str, now: datetime | None = None) -> Payment | None:
+    """Ask Stripe how our payment for this PaymentIntent stands and record it (news that
+    arrived out of order, such as a refund before the success event)."""
+    payment = Payment.objects.filter(stripe_payment_intent_id=payment_intent_id).first()
+    if payment is None:
+        return None
+    try:
+        intent = stripe_gateway().payment_intent_retrieve(payment_intent_id)
+    except StripeGatewayError as exc:
+        raise provider_error(exc) from exc
+    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
+
+
 # --- Auto-reload ------------------------------------------------------------------------------
 
 

@@ -87,6 +87,10 @@ def account_plan_sync_locked(*, account_id: UUID, now: datetime) -> Account:
     return account
 
 
+def _stage(status: str) -> int:
+    return 0 if status == "incomplete" else 1
+
+
 def subscription_state_apply(*, state: SubscriptionState, event_at: datetime,
                              now: datetime | None = None) -> str:
     """Record a subscription's state as Stripe reported it at `event_at`, and switch the
@@ -106,7 +110,11 @@ def subscription_state_apply(*, state: SubscriptionState, event_at: datetime,
                 return "ignored: not one of our plans"
             sub = Subscription(account_id=account_id, plan_id=plan_code,
                                stripe_subscription_id=state.id, created_at=now)
-        elif sub.status in Subscription.FINAL_STATUSES or (not final and event_at < sub.status_at):
+        elif sub.status in Subscription.FINAL_STATUSES or (not final and (
+                event_at < sub.status_at
+                or (event_at == sub.status_at and _stage(state.status) < _stage(sub.status)))):
+            # Stripe's timestamps are whole seconds and its deliveries unordered: within
+            # one second, a subscription only moves forward (incomplete, then live).
             return f"ignored: older than the state recorded ({sub.status})"
         sub.status = state.status
         sub.status_at = event_at

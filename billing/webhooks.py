@@ -148,9 +148,32 @@ def _subscription_apply(obj, prepared, event_at, now) -> str:
                                                   event_at=event_at, now=now)
 
 
+class PurchaseNotRecordedYet(Exception):
+    """News about a payment of ours whose purchase is not recorded yet: the event stays
+    unprocessed and Stripe delivers it again."""
+
+
+def _purchase_recorded_ensure(*, payment_intent_id: str | None, customer_id: str | None,
+                              charge_id: str) -> bool:
+    """Before a refund or a lost dispute is applied, the purchase it takes back must be
+    recorded; the news may arrive before the success it reverses. True when it is."""
+    if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
+        return True
+    if payment_intent_id:
+        payments.payment_intent_sync(payment_intent_id=payment_intent_id)
+        if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
+            return True
+    if payments.account_for_stripe_customer(customer_id) is not None:
+        # A customer of ours (say, a plan invoice whose invoice.paid is still on its
+        # way): never drop the reversal of money that may yet be credited.
+        raise PurchaseNotRecordedYet(f"no purchase recorded yet for charge {charge_id}")
+    return False
+
+
 def _charge_refunded_prepare(obj):
     charge = ChargeState.parse(obj)
-    if refunds.purchase_for_payment_intent(charge.payment_intent_id) is None:
+    if not _purchase_recorded_ensure(payment_intent_id=charge.payment_intent_id,
+                                     customer_id=charge.customer_id, charge_id=charge.id):
         return charge, []
     listed = charge.refunds
     if listed is None:  # newer API versions leave the refunds out of the charge
@@ -165,9 +188,15 @@ def _charge_refunded_apply(obj, prepared, event_at, now) -> str:
 
 def _dispute_prepare(obj):
     dispute = DisputeState.parse(obj)
+    charge = None
     if dispute.payment_intent_id is None and dispute.charge_id:
-        return stripe_gateway().charge_retrieve(dispute.charge_id)
-    return None
+        charge = stripe_gateway().charge_retrieve(dispute.charge_id)
+    if dispute.status == "lost":
+        intent_id = dispute.payment_intent_id or (charge.payment_intent_id if charge else None)
+        _purchase_recorded_ensure(payment_intent_id=intent_id,
+                                  customer_id=charge.customer_id if charge else None,
+                                  charge_id=dispute.charge_id or "")
+    return charge
 
 
 def _dispute_apply(obj, charge, event_at, now) -> str:
