@@ -2,9 +2,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Min, Q, Sum
 
-from accounts.models import Account
+from accounts.models import FAR_FUTURE, Account
 from billing.ledger import Book
 from billing.models import (
     BillingProfile,
@@ -42,8 +42,8 @@ def ledger_lot_mismatches() -> Iterator[str]:
 
 
 def ledger_account_mismatches() -> Iterator[str]:
-    """Per account: ledger credit book == sum of lots' remaining == working balance, and
-    the receivable book == -receivable."""
+    """Per account: ledger credit book == sum of lots' remaining == working balance, the
+    receivable book == -receivable, and the working credit expiry == the first lot's."""
     books: dict = defaultdict(int)
     for account_id, book, total in (
         LedgerEntry.objects.filter(book__in=[Book.CUSTOMER_CREDIT, Book.CUSTOMER_RECEIVABLE])
@@ -53,8 +53,16 @@ def ledger_account_mismatches() -> Iterator[str]:
         books[(account_id, book)] = total
     lots = dict(CreditLot.objects.values_list("account_id")
                 .annotate(total=Sum("remaining_nanos")).values_list("account_id", "total"))
-    for account_id, balance, receivable in Account.objects.values_list(
-            "id", "balance_nanos", "receivable_nanos"):
+    first_expiry = dict(CreditLot.objects.filter(remaining_nanos__gt=0).values_list("account_id")
+                        .annotate(first=Min("expires_at")).values_list("account_id", "first"))
+    for account_id, balance, receivable, valid_until in Account.objects.values_list(
+            "id", "balance_nanos", "receivable_nanos", "credit_valid_until"):
+        # The run path's fast path spends the working balance while now < valid_until:
+        # later than the first lot's expiry would let expired credit be spent.
+        expected_valid_until = first_expiry.get(account_id, FAR_FUTURE)
+        if valid_until != expected_valid_until:
+            yield (f"account {account_id}: credit valid until {valid_until.isoformat()}, "
+                   f"but its first credit expires {expected_valid_until.isoformat()}")
         ledger_credit = books.get((account_id, Book.CUSTOMER_CREDIT), 0)
         lot_credit = lots.get(account_id, 0)
         if not ledger_credit == lot_credit == balance:

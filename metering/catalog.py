@@ -6,6 +6,7 @@ invalidation at all, because the authorize statement itself checks that the key 
 neither revoked nor expired (the cache only maps a key's hash to its ids, which never
 change)."""
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class TtlCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        # gthread workers share the cache between threads: writes and evictions under a
+        # lock (a read of a live entry needs none).
+        self._lock = threading.Lock()
 
     def get(self, key, loader, ttl: float | None = None):
         now = time.monotonic()
@@ -37,14 +41,16 @@ class TtlCache:
         if entry is not None and entry[0] > now:
             return entry[1]
         value = loader()
-        self._entries[key] = (now + (self.ttl if ttl is None else ttl), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = (now + (self.ttl if ttl is None else ttl), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
         return value
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,26 @@ def test_ledger_check_command_exit_status():
         failed = manage("ledger_check")
     assert failed.returncode != 0
     assert f"ledger transaction {entry.transaction_id} sums to -7, not zero" in failed.stderr
+
+
+@pytest.mark.django_db
+@pytest.mark.ledger_tampered
+def test_ledger_check_fails_when_the_run_path_would_spend_expired_credit(capsys):
+    # Given the demo account, whose first credit expires at some time T.
+    call_command("demo_seed")
+    account = Account.objects.get(user__email="demo@example.com")
+    first_expiry = account.credit_valid_until
+
+    # When its working expiry (what the fast path trusts) is pushed past T.
+    Account.objects.filter(id=account.id).update(
+        credit_valid_until=first_expiry + timedelta(days=1))
+
+    # Then ledger_check names the account.
+    with pytest.raises(CommandError, match="discrepancies"):
+        call_command("ledger_check")
+    assert (f"account {account.id}: credit valid until "
+            f"{(first_expiry + timedelta(days=1)).isoformat()}") in capsys.readouterr().err
+
+    # And agrees again once it is put right.
+    Account.objects.filter(id=account.id).update(credit_valid_until=first_expiry)
+    call_command("ledger_check")
