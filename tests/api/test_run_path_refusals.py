@@ -13,8 +13,10 @@ from tests.runpath import (
     MODEL_15B,
     MODEL_70B,
     MODEL_CLOSED_CHEAP,
+    RATE_7B,
     USD,
     authorize_body,
+    balance_set,
     customer_create,
     utc,
     world_snapshot,
@@ -195,6 +197,62 @@ def test_a_pay_as_you_go_account_has_no_closed_request_limit(api):
         assert Hold.objects.filter(account_id=customer.account_id).count() == 25
 
 
+def test_a_retried_closed_request_gets_its_hold_even_when_the_second_is_used_up(api):
+    with time_machine.travel(T0, tick=False):
+        # Given a free account that sent 9 closed-model requests in this second.
+        customer = customer_create()
+        first = post_authorize(api, customer, MODEL_CLOSED_CHEAP, request_id="first")
+        assert first.status_code == 200, first.json()
+        for i in range(8):
+            assert post_authorize(api, customer, MODEL_CLOSED_CHEAP,
+                                  request_id=f"run-{i}").status_code == 200
+
+        # When the gateway retries the first request three times, they get its hold and
+        # are not counted: the 10th new request is still admitted, the 11th is not.
+        for _ in range(3):
+            again = post_authorize(api, customer, MODEL_CLOSED_CHEAP, request_id="first")
+            assert again.status_code == 200, again.json()
+            assert again.json()["hold_id"] == first.json()["hold_id"]
+        assert post_authorize(api, customer, MODEL_CLOSED_CHEAP,
+                              request_id="tenth").status_code == 200
+        assert_error(post_authorize(api, customer, MODEL_CLOSED_CHEAP, request_id="eleventh"),
+                     429, "rate_limited")
+        before = world_snapshot(customer.account_id)
+
+        # When it retries the first request once the second's 10 are used up.
+        again = post_authorize(api, customer, MODEL_CLOSED_CHEAP, request_id="first")
+
+        # Then it still gets the same hold (200, not 429), and nothing new is written.
+        assert again.status_code == 200, again.json()
+        assert (again.json()["hold_id"], again.json()["reserved_usd"]) == (
+            first.json()["hold_id"], first.json()["reserved_usd"])
+        assert world_snapshot(customer.account_id) == before
+        assert Hold.objects.filter(account_id=customer.account_id).count() == 10
+
+
+def test_a_revoked_keys_closed_requests_do_not_use_up_the_accounts_rate(api):
+    with time_machine.travel(T0, tick=False):
+        # Given a free account with a revoked key and a valid one.
+        customer = customer_create()
+        other = api.post(f"/internal/v1/accounts/{customer.account_id}/api-keys",
+                         {"name": "other"}, format="json").json()["key"]
+        assert api.delete(f"/internal/v1/accounts/{customer.account_id}/api-keys/"
+                          f"{customer.key_id}").status_code == 204
+        before = world_snapshot(customer.account_id)
+
+        # When the revoked key sends 12 closed-model requests in one second.
+        for _ in range(12):
+            assert_error(post_authorize(api, customer, MODEL_CLOSED_CHEAP), 401,
+                         "invalid_api_key")
+        assert world_snapshot(customer.account_id) == before
+
+        # Then the valid key still has the account's 10 requests in that second.
+        statuses = [api.post("/internal/v1/authorize", {
+            "api_key": other, "model": MODEL_CLOSED_CHEAP, "request_id": f"other-{i}"},
+            format="json").status_code for i in range(11)]
+        assert statuses == [200] * 10 + [429]
+
+
 # --- Suspended accounts, revoked keys -------------------------------------------------------
 
 
@@ -242,6 +300,44 @@ def test_a_revoked_key_fails_from_the_next_call(api, anon_api):
     assert response.status_code == 200
 
 
+def revoke(api, customer) -> None:
+    assert api.delete(f"/internal/v1/accounts/{customer.account_id}/api-keys/"
+                      f"{customer.key_id}").status_code == 204
+
+
+def suspend(api, customer) -> None:
+    assert api.patch(f"/internal/v1/accounts/{customer.account_id}",
+                     {"status": "suspended", "reason": "fraud review"},
+                     format="json").status_code == 200
+
+
+@pytest.mark.parametrize("model", [MODEL_7B, MODEL_CLOSED_CHEAP], ids=["open", "closed"])
+@pytest.mark.parametrize(("change", "status", "code"), [
+    (revoke, 401, "invalid_api_key"),
+    (suspend, 403, "account_suspended"),
+], ids=["revoked-key", "suspended-account"])
+def test_a_retried_request_id_fails_after_the_key_is_revoked_or_the_account_suspended(
+        api, model, change, status, code):
+    # Given a run authorized (and retried once, answered with its hold).
+    customer = customer_create()
+    first = post_authorize(api, customer, model, request_id="same-run")
+    assert first.status_code == 200, first.json()
+    assert post_authorize(api, customer, model,
+                          request_id="same-run").json()["hold_id"] == first.json()["hold_id"]
+
+    # When the key is revoked, or the account suspended, and the gateway retries the run.
+    change(api, customer)
+    before = world_snapshot(customer.account_id)
+    response = post_authorize(api, customer, model, request_id="same-run")
+
+    # Then the retry is refused like any next call, not given the old hold; nothing is
+    # written and the hold is left as it was.
+    body = assert_error(response, status, code)
+    assert "hold_id" not in body
+    assert world_snapshot(customer.account_id) == before
+    assert Hold.objects.get(account_id=customer.account_id).status == Hold.Status.OPEN
+
+
 def test_unknown_keys_and_models_are_named(api):
     customer = customer_create()
     before = world_snapshot(customer.account_id)
@@ -270,3 +366,47 @@ def test_the_customer_reads_its_credit_with_its_key(api, anon_api):
         "auto_reload": {"enabled": False, "paused": False, "threshold_usd": "3.000000000",
                         "amount_usd": "10.000000000", "monthly_max_usd": "100.000000000"},
     }
+
+
+@pytest.mark.parametrize(("model", "estimate", "reserve_usd"), [
+    (MODEL_7B, {"seconds": 0}, "0.000072000"),
+    (MODEL_CLOSED_CHEAP, {"input_tokens": 0, "max_output_tokens": 0}, "0.000000001"),
+], ids=["open-zero-seconds", "closed-zero-tokens"])
+def test_an_estimate_of_zero_still_needs_credit(api, model, estimate, reserve_usd):
+    # Given an account with nothing available.
+    customer = customer_create()
+    balance_set(account_id=customer.account_id, balance_nanos=0)
+    before = world_snapshot(customer.account_id)
+
+    # When a run that estimates nothing is authorized (not BYOK).
+    response = post_authorize(api, customer, model, estimate=estimate)
+
+    # Then it is refused for credit, naming the smallest reservation; nothing is written.
+    body = assert_error(response, 402, "insufficient_credits")
+    assert (body["reserve_usd"], body["available_usd"]) == (reserve_usd, "0.000000000")
+    assert world_snapshot(customer.account_id) == before
+    assert not Hold.objects.filter(account_id=customer.account_id).exists()
+
+
+@pytest.mark.parametrize(("model", "estimate", "reserved_nanos", "slots", "reserved_usd",
+                          "available_usd"), [
+    (MODEL_7B, {"seconds": 0}, RATE_7B, 1, "0.000072000", "0.999928000"),
+    (MODEL_CLOSED_CHEAP, {"input_tokens": 0, "max_output_tokens": 0}, 1, 0, "0.000000001",
+     "0.999999999"),
+], ids=["open-zero-seconds", "closed-zero-tokens"])
+def test_an_estimate_of_zero_reserves_the_smallest_billable_amount(
+        api, model, estimate, reserved_nanos, slots, reserved_usd, available_usd):
+    # Given an account with its $1 free credit.
+    customer = customer_create()
+
+    # When a run that estimates nothing is authorized.
+    response = post_authorize(api, customer, model, estimate=estimate)
+
+    # Then it reserves one second at the class rate (7B: $0.000072), or one nano-dollar.
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert (body["reserved_usd"], body["available_usd"]) == (reserved_usd, available_usd)
+    hold = Hold.objects.get(id=body["hold_id"])
+    assert (hold.reserved_nanos, hold.weight) == (reserved_nanos, slots)
+    account = customer.account()
+    assert (account.held_nanos, account.slots_in_use) == (reserved_nanos, slots)

@@ -1,10 +1,15 @@
 """Holds are leases: a caller that vanishes cannot keep money or slots past its lease,
-a late settle is still charged within the window, and expired credit is never spent."""
+a late settle is still charged within the window, a heartbeat racing the sweep either
+keeps its hold or is refused (never both), and expired credit is never spent."""
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 import time_machine
+from django.db import connection, transaction
 
 from billing.models import CreditLot, LedgerTransaction
 from billing.services import credit_grant
@@ -20,6 +25,7 @@ from tests.runpath import (
     authorize_body,
     balance_set,
     customer_create,
+    open_holds,
     utc,
     world_snapshot,
 )
@@ -232,6 +238,166 @@ def test_releasing_an_expired_hold_changes_no_money():
     error = refusal(lambda: services.hold_settle(hold_id=hold.hold_id, now=T0 + LEASE,
                                                  usage=Usage(inference_seconds=1)))
     assert (error.code, error.extra) == ("hold_closed", {"hold_status": "released"})
+
+
+# --- The sweep racing a heartbeat (real connections) ----------------------------------------
+
+REAL_CONNECTIONS = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+
+class OnItsOwnConnection(threading.Thread):
+    """`call()` in a thread, on its own connection, inside a transaction that is kept
+    open (its row locks held) until `commit()`; `result` is what it returned or raised."""
+
+    def __init__(self, call: Callable[[], object]):
+        super().__init__(daemon=True)
+        self.call = call
+        self.pid: int | None = None
+        self.result: object = None
+        self.connected = threading.Event()
+        self.called = threading.Event()
+        self._commit = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                self.pid = cursor.fetchone()[0]
+            self.connected.set()
+            with transaction.atomic():
+                try:
+                    self.result = self.call()
+                finally:
+                    self.called.set()
+                    assert self._commit.wait(30), "never told to commit"
+        except BaseException as exc:  # reported to the test as the call's result
+            self.result = exc
+        finally:
+            self.connected.set()
+            self.called.set()
+            connection.close()
+
+    def commit(self) -> None:
+        self._commit.set()
+        self.join(30)
+        assert not self.is_alive(), "the transaction did not finish"
+
+
+@pytest.fixture
+def own_connection():
+    """Start `call` on its own connection (OnItsOwnConnection); whatever a failing test
+    left open is committed at teardown, so that no lock outlives the test."""
+    started: list[OnItsOwnConnection] = []
+
+    def start(call: Callable[[], object]) -> OnItsOwnConnection:
+        session = OnItsOwnConnection(call)
+        started.append(session)
+        session.start()
+        return session
+
+    yield start
+    for session in started:
+        session.commit()
+
+
+def waits_for_a_lock(session: OnItsOwnConnection) -> None:
+    """Return once the session's connection is waiting for a lock another one holds."""
+    assert session.connected.wait(30)
+    for _ in range(3000):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                           [session.pid])
+            (wait_event_type,) = cursor.fetchone()
+        if wait_event_type == "Lock":
+            return
+        assert not session.called.is_set(), f"it did not wait: {session.result!r}"
+        time.sleep(0.01)
+    raise AssertionError("it never waited for a lock")
+
+
+def sweep_at(when, account_id, *, by: str) -> Callable[[], object]:
+    """The lease sweep at `when`: the service on the account, or the periodic task."""
+    if by == "service":
+        return lambda: services.holds_expire(account_id=account_id, now=when)
+
+    def task():
+        with time_machine.travel(when, tick=False):
+            return holds_expire_due.apply().get()
+
+    return task
+
+
+@REAL_CONNECTIONS
+@pytest.mark.parametrize("by", ["service", "task"])
+def test_a_heartbeat_committing_while_the_sweep_runs_keeps_its_hold(by, own_connection,
+                                                                     eager_tasks):
+    # Given a hold leased until T0 + 120 s, and a heartbeat at 100 s whose UPDATE is not
+    # committed yet (its connection holds the row).
+    customer = customer_create(now=T0 - timedelta(days=1))
+    hold = authorize(customer, now=T0)
+    beat = own_connection(lambda: services.hold_heartbeat(
+        hold_id=hold.hold_id, now=T0 + timedelta(seconds=100)))
+    assert beat.called.wait(30)
+    assert not isinstance(beat.result, BaseException), beat.result
+
+    # When the sweep runs on another connection a second after the old lease, and the
+    # heartbeat commits while the sweep waits for it.
+    sweep = own_connection(sweep_at(T0 + LEASE + timedelta(seconds=1), customer.account_id,
+                                    by=by))
+    waits_for_a_lock(sweep)
+    beat.commit()
+    sweep.commit()
+
+    # Then the sweep expired nothing: the hold is open with the new lease, and its money
+    # and slot are still counted.
+    if by == "service":
+        assert sweep.result == 0, sweep.result
+    assert not isinstance(sweep.result, BaseException), sweep.result
+    assert beat.result["lease_expires_at"] == T0 + timedelta(seconds=100) + LEASE
+    stored = Hold.objects.get(id=hold.hold_id)
+    assert (stored.status, stored.lease_expires_at, stored.closed_at) == (
+        Hold.Status.OPEN, T0 + timedelta(seconds=100) + LEASE, None)
+    account = customer.account()
+    assert (account.held_nanos, account.slots_in_use) == (hold.reserved_nanos, 1)
+    assert open_holds(customer.account_id) == {"n": 1, "held": hold.reserved_nanos,
+                                               "slots": 1}
+    assert account.balance_nanos == USD
+
+
+@REAL_CONNECTIONS
+@pytest.mark.parametrize("by", ["service", "task"])
+def test_a_heartbeat_arriving_while_the_sweep_holds_its_locks_is_refused(by, own_connection,
+                                                                         eager_tasks):
+    # Given a hold leased until T0 + 120 s, and the sweep at 121 s on its own connection,
+    # not yet committed.
+    customer = customer_create(now=T0 - timedelta(days=1))
+    hold = authorize(customer, now=T0)
+    sweep = own_connection(sweep_at(T0 + LEASE + timedelta(seconds=1), customer.account_id,
+                                    by=by))
+    assert sweep.called.wait(30)
+    assert not isinstance(sweep.result, BaseException), sweep.result
+
+    # When a heartbeat sent at 100 s reaches the database then, and the sweep commits
+    # while it waits.
+    beat = own_connection(lambda: services.hold_heartbeat(
+        hold_id=hold.hold_id, now=T0 + timedelta(seconds=100)))
+    waits_for_a_lock(beat)
+    sweep.commit()
+    beat.commit()
+
+    # Then the heartbeat is refused (409 hold_closed), and the slot and money were freed
+    # once, without a charge.
+    assert isinstance(beat.result, ApplicationError), beat.result
+    assert (beat.result.status, beat.result.code, beat.result.extra) == (
+        409, "hold_closed", {"hold_status": "expired"})
+    if by == "service":
+        assert sweep.result == 1
+    stored = Hold.objects.get(id=hold.hold_id)
+    assert (stored.status, stored.lease_expires_at) == (Hold.Status.EXPIRED, T0 + LEASE)
+    account = customer.account()
+    assert (account.held_nanos, account.slots_in_use, account.balance_nanos) == (0, 0, USD)
+    assert open_holds(customer.account_id) == {"n": 0, "held": 0, "slots": 0}
+    assert not UsageRecord.objects.exists()
 
 
 # --- Expired credit -------------------------------------------------------------------------
