@@ -434,6 +434,15 @@ class StripeGateway:
         return SubscriptionState.parse(obj)
 
     def invoice_retrieve(self, invoice_id: str) -> InvoiceState:
+        # Since API version 2025-03-31 the invoice names its PaymentIntent only in its
+        # `payments`, which are sent only when asked for. Servers on older versions (and
+        # Stripe-compatible test servers) have none to expand and name it on the invoice.
+        try:
+            return InvoiceState.parse(self._call(self.client.v1.invoices.retrieve, invoice_id,
+                                                 params={"expand": ["payments"]}))
+        except StripeRequestFailed as exc:
+            if "expand" not in str(exc).lower():
+                raise
         return InvoiceState.parse(self._call(self.client.v1.invoices.retrieve, invoice_id))
 
 

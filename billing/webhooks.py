@@ -121,22 +121,27 @@ def _setup_intent_apply(obj, prepared, event_at, now) -> str:
     return f"card {card.id} saved"
 
 
-def _invoice_prepare(obj):
+def _invoice_prepare(obj) -> tuple[InvoiceState, str | None]:
     invoice = InvoiceState.parse(obj)
-    if not invoice.subscription_id or Subscription.objects.filter(
-            stripe_subscription_id=invoice.subscription_id).exists():
-        return None
+    if not invoice.subscription_id or \
+            payments.account_for_stripe_customer(invoice.customer_id) is None:
+        return invoice, None
+    if invoice.payment_intent_id is None and invoice.status == "paid":
+        # Since API version 2025-03-31 an invoice names its PaymentIntent only in its
+        # payments, which events leave out: ask for them, so that a refund of this
+        # invoice finds its purchase.
+        invoice = stripe_gateway().invoice_retrieve(invoice.id)
+    if Subscription.objects.filter(stripe_subscription_id=invoice.subscription_id).exists():
+        return invoice, None
     if invoice.subscription_metadata.get("plan_code"):
-        return invoice.subscription_metadata["plan_code"]
-    if payments.account_for_stripe_customer(invoice.customer_id) is None:
-        return None
+        return invoice, invoice.subscription_metadata["plan_code"]
     state = stripe_gateway().subscription_retrieve(invoice.subscription_id)
-    return subscriptions.plan_code_for(state)
+    return invoice, subscriptions.plan_code_for(state)
 
 
-def _invoice_paid_apply(obj, plan_code, event_at, now) -> str:
-    return subscriptions.invoice_paid_apply(invoice=InvoiceState.parse(obj),
-                                            plan_code=plan_code, now=now)
+def _invoice_paid_apply(obj, prepared, event_at, now) -> str:
+    invoice, plan_code = prepared
+    return subscriptions.invoice_paid_apply(invoice=invoice, plan_code=plan_code, now=now)
 
 
 def _invoice_failed_apply(obj, prepared, event_at, now) -> str:
