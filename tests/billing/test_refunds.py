@@ -16,6 +16,7 @@ from billing.payments import auto_scale_purchase
 from billing.refunds import purchase_refund
 from billing.services import credit_debit
 from tests.billing.conftest import deliver, event_payload
+from tests.support import assert_books_agree
 
 USD = 10**9
 
@@ -34,10 +35,14 @@ def _legs(reversal):
                   .values_list("book", "amount_nanos", "lot_id"))
 
 
-def _charge_refunded(stripe_client, purchase) -> bytes:
-    intent = stripe_client.v1.payment_intents.retrieve(purchase.reference)
-    charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) \
+def _charge_id(stripe_client, intent_id: str) -> str:
+    intent = stripe_client.v1.payment_intents.retrieve(intent_id)
+    return intent.latest_charge if isinstance(intent.latest_charge, str) \
         else intent.latest_charge.id
+
+
+def _charge_refunded(stripe_client, purchase=None, *, intent_id: str | None = None) -> bytes:
+    charge_id = _charge_id(stripe_client, intent_id or purchase.reference)
     charge = stripe_client.v1.charges.retrieve(charge_id).to_dict()
     return event_payload("charge.refunded", charge)
 
@@ -130,12 +135,9 @@ def test_staff_refund_in_full_from_the_admin(make_customer, save_card, admin_cli
 
 
 def _dispute(purchase, stripe_client, *, status, dispute_id="du_test_1") -> dict:
-    intent = stripe_client.v1.payment_intents.retrieve(purchase.reference)
-    charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) \
-        else intent.latest_charge.id
     return {"id": dispute_id, "object": "dispute", "amount": purchase.amount_nanos // 10**7,
-            "currency": "usd", "charge": charge_id, "payment_intent": purchase.reference,
-            "reason": "fraudulent", "status": status}
+            "currency": "usd", "charge": _charge_id(stripe_client, purchase.reference),
+            "payment_intent": purchase.reference, "reason": "fraudulent", "status": status}
 
 
 def test_a_dispute_suspends_the_account_and_a_lost_dispute_claws_back_the_unspent_credit(
@@ -208,3 +210,108 @@ def test_dispute_news_in_any_order_suspends_once_and_a_won_dispute_leaves_it_to_
     assert _account(customer).status == "active"
     assert not Reversal.objects.exists()
     assert _account(customer).balance_nanos == 26 * USD
+
+
+# --- News of a reversal before the success it reverses ---------------------------------------
+
+
+def _paid_on_stripe_not_recorded(customer, save_card, stripe_client, amount="25.00") -> str:
+    """A purchase the customer paid on Stripe (the browser confirmed it) while the service
+    heard nothing: no confirm call, and payment_intent.succeeded not delivered yet."""
+    save_card(customer)
+    created = customer.api.post("/api/v1/purchases", {"amount_usd": amount, "confirm": False},
+                                format="json")
+    assert created.status_code == 201, created.content
+    intent_id = created.data["payment_intent_id"]
+    assert stripe_client.v1.payment_intents.confirm(intent_id).status == "succeeded"
+    assert not Purchase.objects.filter(account_id=customer.id).exists()
+    return intent_id
+
+
+def _purchase_lots(customer) -> list[CreditLot]:
+    return list(CreditLot.objects.filter(account_id=customer.id, source="purchase"))
+
+
+@pytest.mark.usefixtures("service_webhook_paused")
+def test_a_refund_reported_before_the_purchase_records_it_first_then_claws_back(
+        make_customer, save_card, stripe_client, stripe_live, service_webhook_url):
+    # Given $25 paid on Stripe whose success the service has not heard of yet
+    customer = make_customer()
+    intent_id = _paid_on_stripe_not_recorded(customer, save_card, stripe_client)
+    succeeded = stripe_live.wait_for("payment_intent.succeeded", intent_id)
+    # and $10 of it refunded from the Stripe dashboard
+    stripe_client.v1.refunds.create(params={"payment_intent": intent_id, "amount": 1000})
+
+    # When Stripe's charge.refunded arrives first
+    response = deliver(service_webhook_url, _charge_refunded(stripe_client,
+                                                             intent_id=intent_id))
+
+    # Then the purchase is recorded (read from Stripe), and the refund clawed back from it
+    assert response.status_code == 200, response.content
+    assert response.json()["outcome"] == "1 refund(s) applied"
+    purchase = Purchase.objects.get(account_id=customer.id)
+    assert (purchase.reference, purchase.amount_nanos, purchase.refunded_nanos) == (
+        intent_id, 25 * USD, 10 * USD)
+    [lot] = _purchase_lots(customer)
+    assert (lot.id, lot.amount_nanos, lot.remaining_nanos) == (purchase.lot_id, 25 * USD,
+                                                               15 * USD)
+    reversal = Reversal.objects.get(purchase=purchase)
+    assert (reversal.kind, reversal.amount_nanos, reversal.clawed_nanos) == (
+        "refund", 10 * USD, 10 * USD)
+    assert_books_agree(customer.id, 16 * USD)  # $1 free + $25 bought - $10 refunded
+
+    # When payment_intent.succeeded arrives after all
+    late = deliver(service_webhook_url, succeeded["body"], succeeded["signature"])
+
+    # Then nothing more is credited: one purchase, one lot, the refund still taken back
+    assert late.status_code == 200, late.content
+    assert Purchase.objects.filter(account_id=customer.id).count() == 1
+    assert [lot.remaining_nanos for lot in _purchase_lots(customer)] == [15 * USD]
+    purchase.refresh_from_db()
+    assert purchase.refunded_nanos == 10 * USD
+    assert Reversal.objects.filter(account_id=customer.id).count() == 1
+    assert_books_agree(customer.id, 16 * USD)
+
+
+@pytest.mark.parametrize("names_the_payment_intent", [True, False],
+                         ids=["dispute-with-payment-intent", "dispute-with-charge-only"])
+@pytest.mark.usefixtures("service_webhook_paused")
+def test_a_lost_dispute_reported_before_the_purchase_records_it_first_then_claws_back(
+        make_customer, save_card, stripe_client, stripe_live, service_webhook_url,
+        names_the_payment_intent):
+    # Given $25 paid on Stripe whose success the service has not heard of yet
+    customer = make_customer()
+    intent_id = _paid_on_stripe_not_recorded(customer, save_card, stripe_client)
+    succeeded = stripe_live.wait_for("payment_intent.succeeded", intent_id)
+
+    # When the first news is the dispute of that charge, lost
+    dispute = {"id": "du_test_early", "object": "dispute", "amount": 2500, "currency": "usd",
+               "charge": _charge_id(stripe_client, intent_id), "reason": "fraudulent",
+               "status": "lost"}
+    if names_the_payment_intent:
+        dispute["payment_intent"] = intent_id
+    response = deliver(service_webhook_url, event_payload("charge.dispute.closed", dispute))
+
+    # Then the purchase is recorded, and the dispute takes all of it back
+    assert response.status_code == 200, response.content
+    purchase = Purchase.objects.get(account_id=customer.id)
+    assert (purchase.reference, purchase.amount_nanos, purchase.refunded_nanos) == (
+        intent_id, 25 * USD, 25 * USD)
+    [lot] = _purchase_lots(customer)
+    assert (lot.id, lot.remaining_nanos) == (purchase.lot_id, 0)
+    reversal = Reversal.objects.get(purchase=purchase)
+    assert (reversal.kind, reversal.amount_nanos, reversal.clawed_nanos) == (
+        "dispute", 25 * USD, 25 * USD)
+    assert Dispute.objects.get().purchase_id == purchase.id
+    assert _account(customer).status == "suspended"
+    assert_books_agree(customer.id, 1 * USD)  # the free credit only
+
+    # When payment_intent.succeeded arrives after all
+    late = deliver(service_webhook_url, succeeded["body"], succeeded["signature"])
+
+    # Then nothing more is credited
+    assert late.status_code == 200, late.content
+    assert Purchase.objects.filter(account_id=customer.id).count() == 1
+    assert [lot.remaining_nanos for lot in _purchase_lots(customer)] == [0]
+    assert Reversal.objects.filter(account_id=customer.id).count() == 1
+    assert_books_agree(customer.id, 1 * USD)

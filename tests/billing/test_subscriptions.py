@@ -3,14 +3,16 @@ for a Price; it sends customer.subscription.created/deleted and
 invoice.payment_succeeded itself; invoice.paid and subscription updates are built from
 its own objects)."""
 
+import json
 import time
 import uuid
 
 import pytest
 
 from accounts.models import Account
-from billing.models import CreditLot, Plan, Purchase, StripeEvent, Subscription
+from billing.models import CreditLot, Plan, Purchase, Reversal, StripeEvent, Subscription
 from tests.billing.conftest import deliver, event_payload, wait_until
+from tests.support import account_state, assert_books_agree, db_counts
 
 USD = 10**9
 
@@ -196,3 +198,113 @@ def test_a_failed_invoice_grants_nothing_and_is_recorded(make_customer, save_car
     sub = Subscription.objects.get(stripe_subscription_id=subscription["subscription_id"])
     assert sub.last_invoice_failure == f"invoice {failed['id']} payment failed"
     assert _account(customer).plan_id == "payg"  # Stripe retries; its news decides the plan
+
+
+# --- News out of order ------------------------------------------------------------------------
+
+
+def _subscription_made_at_stripe(customer, save_card, stripe_client, price_id):
+    """A subscription made at Stripe (localstripe pays its first invoice at once) that the
+    service has heard nothing about yet."""
+    assert save_card(customer).status_code == 201
+    customer_id = customer.refresh().billing_profile.stripe_customer_id
+    return stripe_client.v1.subscriptions.create(params={
+        "customer": customer_id, "items": [{"plan": price_id}],
+        "metadata": {"account_id": str(customer.id), "plan_code": "payg"}})
+
+
+def _news(event_type: str, state: dict, status: str, created: int) -> bytes:
+    return event_payload(event_type, {**state, "status": status}, created=created)
+
+
+@pytest.mark.usefixtures("service_webhook_paused")
+def test_within_one_second_a_subscription_only_moves_forward(
+        make_customer, save_card, stripe_client, service_webhook_url, payg_price):
+    # Given a subscription whose "active" update was applied
+    customer = make_customer()
+    created = _subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
+    state = stripe_client.v1.subscriptions.retrieve(created.id).to_dict()
+    second = int(time.time())
+    active = deliver(service_webhook_url, _news("customer.subscription.updated", state,
+                                                "active", second))
+    assert active.json()["outcome"] == "subscription active; plan payg"
+    recorded = Subscription.objects.filter(stripe_subscription_id=created.id).values().get()
+    lots = CreditLot.objects.filter(account_id=customer.id).count()
+
+    # When its creation ("incomplete") arrives later, stamped with the same second, and
+    # then again stamped a second earlier
+    same = deliver(service_webhook_url, _news("customer.subscription.created", state,
+                                              "incomplete", second))
+    earlier = deliver(service_webhook_url, _news("customer.subscription.created", state,
+                                                 "incomplete", second - 1))
+
+    # Then both are ignored: the subscription stays active and the account on the plan
+    for response in (same, earlier):
+        assert response.status_code == 200, response.content
+        assert response.json()["outcome"] == "ignored: older than the state recorded (active)"
+    assert Subscription.objects.filter(
+        stripe_subscription_id=created.id).values().get() == recorded
+    assert _account(customer).plan_id == "payg"
+    assert CreditLot.objects.filter(account_id=customer.id).count() == lots
+
+    # And the other way round, for another customer: "incomplete", then "active" in the
+    # same second, moves the subscription forward
+    other = make_customer()
+    made = _subscription_made_at_stripe(other, save_card, stripe_client, payg_price)
+    other_state = stripe_client.v1.subscriptions.retrieve(made.id).to_dict()
+    second = int(time.time())
+    first = deliver(service_webhook_url, _news("customer.subscription.created", other_state,
+                                               "incomplete", second))
+    assert first.json()["outcome"] == "subscription incomplete; plan free"
+    then = deliver(service_webhook_url, _news("customer.subscription.updated", other_state,
+                                              "active", second))
+    assert then.json()["outcome"] == "subscription active; plan payg"
+    assert Subscription.objects.get(stripe_subscription_id=made.id).status == "active"
+    assert _account(other).plan_id == "payg"
+
+
+@pytest.mark.usefixtures("service_webhook_paused")
+def test_a_refund_of_a_plan_invoice_not_recorded_yet_waits_for_the_invoice(
+        make_customer, save_card, stripe_client, service_webhook_url, payg_price):
+    # Given a plan invoice paid at Stripe whose invoice.paid has not arrived, and refunded
+    customer = make_customer()
+    created = _subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
+    invoice = stripe_client.v1.invoices.retrieve(created.latest_invoice).to_dict()
+    intent_id = invoice["payment_intent"]
+    assert intent_id and invoice["status"] == "paid"
+    stripe_client.v1.refunds.create(params={"payment_intent": intent_id, "amount": 100})
+    intent = stripe_client.v1.payment_intents.retrieve(intent_id)
+    charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) \
+        else intent.latest_charge.id
+    refunded = event_payload("charge.refunded",
+                             stripe_client.v1.charges.retrieve(charge_id).to_dict())
+    event_id = json.loads(refunded)["id"]
+    counts, before = db_counts(), account_state(customer.id)
+
+    # When Stripe reports the refund first
+    response = deliver(service_webhook_url, refunded)
+
+    # Then it is refused for now, so that Stripe delivers it again; nothing is written
+    assert response.status_code == 500, response.content
+    assert response.json()["code"] == "processing_failed"
+    event = StripeEvent.objects.get(stripe_id=event_id)
+    assert event.processed_at is None and "no purchase recorded yet" in event.last_error
+    assert (db_counts(), account_state(customer.id)) == (counts, before)
+    assert not Reversal.objects.exists()
+
+    # When invoice.paid arrives, and then Stripe delivers the refund again
+    paid = deliver(service_webhook_url, event_payload("invoice.paid", invoice))
+    assert paid.json()["outcome"].startswith("plan credit granted"), paid.content
+    again = deliver(service_webhook_url, refunded)
+
+    # Then the plan's credit was granted and the $1 refund taken back from it
+    assert again.status_code == 200, again.content
+    assert again.json()["outcome"] == "1 refund(s) applied"
+    purchase = Purchase.objects.get(account_id=customer.id, kind="subscription")
+    assert (purchase.amount_nanos, purchase.refunded_nanos) == (3 * USD, 1 * USD)
+    reversal = Reversal.objects.get(purchase=purchase)
+    assert (reversal.amount_nanos, reversal.clawed_nanos) == (1 * USD, 1 * USD)
+    assert CreditLot.objects.get(id=purchase.lot_id).remaining_nanos == 4 * USD
+    event.refresh_from_db()
+    assert event.processed_at is not None and event.last_error == ""
+    assert_books_agree(customer.id, 5 * USD)  # $1 free + $5 plan credit - $1 refunded
