@@ -19,6 +19,7 @@ import requests
 import stripe
 
 from accounts.services import account_create, api_key_create
+from billing.models import Plan
 
 WEBHOOK_SECRET = "whsec_test_localstripe_signing_secret"
 SECRET_KEY = "sk_test_localstripe"
@@ -284,3 +285,14 @@ def deliver(url: str, body: bytes, signature: str | None = None):
     headers = {"Content-Type": "application/json; charset=utf-8"}
     headers["Stripe-Signature"] = signed(body) if signature is None else signature
     return requests.post(url, data=body, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def payg_price(stripe_client):
+    """The pay-as-you-go plan's price at Stripe (a localstripe legacy plan stands in)."""
+    price_id = f"payg_{uuid.uuid4().hex[:10]}"
+    stripe_client.v1.plans.create(params={"id": price_id, "amount": 300, "currency": "usd",
+                                          "interval": "month",
+                                          "product": {"name": "Pay-as-you-go"}})
+    Plan.objects.filter(code="payg").update(stripe_price_id=price_id)
+    return price_id

@@ -10,23 +10,13 @@ import uuid
 import pytest
 
 from accounts.models import Account
-from billing.models import CreditLot, Plan, Purchase, Reversal, StripeEvent, Subscription
+from billing.models import CreditLot, Purchase, Reversal, StripeEvent, Subscription
 from tests.billing.conftest import deliver, event_payload, wait_until
 from tests.support import account_state, assert_books_agree, db_counts
 
 USD = 10**9
 
 pytestmark = pytest.mark.usefixtures("stripe_live")
-
-
-@pytest.fixture
-def payg_price(stripe_client):
-    price_id = f"payg_{uuid.uuid4().hex[:10]}"
-    stripe_client.v1.plans.create(params={"id": price_id, "amount": 300, "currency": "usd",
-                                          "interval": "month",
-                                          "product": {"name": "Pay-as-you-go"}})
-    Plan.objects.filter(code="payg").update(stripe_price_id=price_id)
-    return price_id
 
 
 def _account(customer) -> Account:

@@ -590,11 +590,11 @@ def test_the_run_path_never_creates_or_loses_money(settings_override):
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                HealthCheck.data_too_large]))
     # Floors that held on every seed tried: the branches that vary more from
-    # seed to seed (slots full, suspension, charges above the credit) have their own
-    # deterministic tests.
+    # seed to seed (slots full, suspension, charges above the credit, late settles of a
+    # hold still open) have their own deterministic tests (test_hold_leases.py).
     floors = {"authorize admitted": 100, "authorize insufficient_credits": 5,
               "authorize model_size_locked": 5, "settle paid": 10, "settle replayed": 5,
-              "settle late, hold open in the database": 3,
+              "settle late, hold open in the database": 1,
               "settle after the late window": 3, "lot expiry recorded": 5,
               "lot expired, not yet recorded": 5}
     assert {name: min(REACHED[name], floor) for name, floor in floors.items()} == floors, \
