@@ -65,6 +65,9 @@ _PURCHASE_KINDS = {
     Purpose.AUTO_SCALE: (Purchase.Kind.AUTO_SCALE, CreditLot.Source.AUTO_SCALE),
 }
 _OFF_SESSION = (Purpose.AUTO_RELOAD, Purpose.AUTO_SCALE)
+# How long an off-session charge may be resumed with its idempotency key (Stripe keeps
+# keys 24 hours; an hour's margin).
+IDEMPOTENCY_WINDOW = timedelta(hours=23)
 
 
 # --- Errors the customer API renders ----------------------------------------------------
@@ -409,6 +412,13 @@ def payment_for_intent(intent: IntentState) -> Payment | None:
 def _charge_off_session(*, payment: Payment, customer_id: str, payment_method_id: str,
                         now: datetime) -> Payment:
     """Make the claimed payment's charge on the saved card and record the outcome."""
+    if now - payment.created_at >= IDEMPOTENCY_WINDOW:
+        # Stripe forgets an idempotency key after 24 hours: a charge sent again later
+        # could be a second charge if the first went through. Give up instead; if the
+        # first did go through, its payment_intent.succeeded still credits it.
+        return payment_outcome_apply(payment_id=payment.id, now=now, declined=CardDeclined(
+            code="not_resumed", message="The charge could not be completed in time; "
+                                        "it was not retried."))
     metadata = {"payment_id": str(payment.id), "account_id": str(payment.account_id),
                 "purpose": payment.purpose}
     try:

@@ -373,3 +373,31 @@ def test_the_sweep_finds_charges_whose_worker_died_and_crossings_nobody_picked_u
 
     assert payments_stalled(now=now) == [stalled.id]
     assert low_balance_events_unhandled(now=now) == [forgotten.id]
+
+
+def test_a_charge_not_resumed_within_stripes_idempotency_window_is_given_up_not_sent_again(
+        make_customer, save_card, stripe_client):
+    # Given a reload whose worker died 23 hours ago, before or after reaching Stripe
+    customer = _customer_with_reload(make_customer, save_card)
+    crossing = _cross(customer.account, to_nanos=2 * USD)
+    now = datetime.now(UTC)
+    created = now - timedelta(hours=23)
+    stalled = Payment.objects.create(
+        account=customer.account, purpose=Payment.Purpose.AUTO_RELOAD, amount_nanos=10 * USD,
+        card=BillingProfile.objects.get(account=customer.account).default_card,
+        low_balance_event=crossing, idempotency_key=f"auto-reload:{crossing.id}",
+        claimed_until=created + timedelta(minutes=2), created_at=created, updated_at=created)
+    balance = Account.objects.get(id=customer.account.id).balance_nanos
+
+    # When the sweep resumes it (Stripe would no longer recognise its idempotency key)
+    resumed = payment_resume(payment_id=stalled.id, now=now)
+
+    # Then nothing is sent to Stripe again: no new charge, no credit; the payment is
+    # failed with the reason, and auto-reload pauses and says why
+    assert (resumed.status, resumed.failure_code) == ("failed", "not_resumed")
+    assert _stripe_charges(stripe_client, customer.account) == [500]
+    assert Account.objects.get(id=customer.account.id).balance_nanos == balance
+    assert not Purchase.objects.filter(account=customer.account,
+                                       kind=Purchase.Kind.AUTO_RELOAD).exists()
+    profile = BillingProfile.objects.get(account=customer.account)
+    assert profile.auto_reload_paused_reason.startswith("not_resumed")
