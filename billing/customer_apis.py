@@ -1,9 +1,11 @@
 """Customer-facing payment APIs under /api/v1/, authenticated with the customer's API key:
 saved cards, credit purchases, auto-reload, auto-scale and the plan subscription."""
 
+import re
+
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -15,6 +17,9 @@ from billing import payments, selectors, subscriptions
 from billing.models import Payment, Purchase
 from billing.money import MoneyField
 from config.api import ApplicationError
+
+# Printable ASCII without spaces; the Stripe idempotency key made from it stays under 255.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class ApiKeyRequired(ApplicationError):
@@ -187,15 +192,26 @@ class PurchaseListApi(CustomerApi):
         purchases = selectors.account_purchases(account_id=self.account_id(request))
         return Response(self.OutputSerializer(purchases, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: PaymentOutputSerializer},
-                   summary="Buy credit with a saved card (or confirm it with Stripe.js)")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: PaymentOutputSerializer, 200: PaymentOutputSerializer},
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+            description="Optional, up to 200 printable characters: the same key again "
+                        "answers with the first purchase (200) and never charges twice.")],
+        summary="Buy credit with a saved card (or confirm it with Stripe.js)")
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        payment, intent = payments.purchase_start(
+        client_key = request.headers.get("Idempotency-Key")
+        if client_key is not None and not IDEMPOTENCY_KEY.fullmatch(client_key):
+            raise ApplicationError(extra={"fields": {"Idempotency-Key": [
+                "Up to 200 printable characters, without spaces."]}})
+        payment, intent, created = payments.purchase_start(
             account_id=self.account_id(request), amount_nanos=data.validated_data["amount_usd"],
-            card_id=data.validated_data["card_id"], confirm=data.validated_data["confirm"])
-        return _payment_response(payment, intent, created=True)
+            card_id=data.validated_data["card_id"], confirm=data.validated_data["confirm"],
+            client_key=client_key)
+        return _payment_response(payment, intent, created=created)
 
 
 class PurchaseConfirmApi(CustomerApi):

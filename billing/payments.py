@@ -468,33 +468,82 @@ def purchase_amount_validate(amount_nanos: int) -> None:
 
 
 def _purchase_payment_create(*, account_id: UUID, amount_nanos: int, card: Card | None,
-                             key_prefix: str, now: datetime) -> Payment:
+                             key_prefix: str, now: datetime,
+                             idempotency_key: str | None = None) -> Payment:
     payment = Payment(account_id=account_id, purpose=Purpose.PURCHASE,
                       amount_nanos=amount_nanos, card=card, created_at=now, updated_at=now)
-    payment.idempotency_key = f"{key_prefix}:{payment.id}"
+    payment.idempotency_key = idempotency_key or f"{key_prefix}:{payment.id}"
     payment.save(force_insert=True)
     return payment
 
 
+class IdempotencyKeyReused(ApplicationError):
+    status = 409
+    code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used for a different purchase."
+
+
+class PurchaseInProgress(ApplicationError):
+    status = 409
+    code = "purchase_in_progress"
+    message = "A purchase with this Idempotency-Key is still being made; ask again shortly."
+
+
+def _client_purchase_key(account_id: UUID, client_key: str) -> str:
+    return f"purchase:{account_id}:{client_key}"
+
+
+def _purchase_replay(*, payment: Payment, amount_nanos: int, card: Card | None,
+                     now: datetime) -> tuple[Payment, IntentState | None]:
+    """A purchase asked for again with the same Idempotency-Key: the first one, as it
+    stands at Stripe now; never a second charge."""
+    if payment.amount_nanos != amount_nanos or (card is not None and payment.card_id != card.id):
+        raise IdempotencyKeyReused()
+    if not payment.stripe_payment_intent_id:
+        if payment.status in Payment.TERMINAL:
+            return payment, None
+        raise PurchaseInProgress(headers={"Retry-After": "1"})
+    try:
+        intent = stripe_gateway().payment_intent_retrieve(payment.stripe_payment_intent_id)
+    except StripeGatewayError as exc:
+        raise provider_error(exc) from exc
+    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now), intent
+
+
 def purchase_start(*, account_id: UUID, amount_nanos: int, card_id=None,
-                   confirm: bool = True,
-                   now: datetime | None = None) -> tuple[Payment, IntentState | None]:
+                   confirm: bool = True, client_key: str | None = None,
+                   now: datetime | None = None) -> tuple[Payment, IntentState | None, bool]:
     """Buy credit: a PaymentIntent for the amount on the given saved card (or the
     default card). With a card and `confirm`, it is charged now; otherwise the customer's
-    browser confirms it with the returned client secret. Returns the payment and the
-    intent (None when the card was declined outright)."""
+    browser confirms it with the returned client secret. With the client's `client_key`
+    (its Idempotency-Key), asking again returns the first purchase instead of charging
+    twice. Returns the payment, the intent (None when the card was declined outright)
+    and whether this call created the purchase."""
     now = now or timezone.now()
     purchase_amount_validate(amount_nanos)
     account_active_ensure(account_id=account_id)
     card = None
     if card_id is not None:
         card = _active_card(account_id=account_id, card_id=card_id)
+    key = _client_purchase_key(account_id, client_key) if client_key is not None else None
+    if key is not None:
+        existing = Payment.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return *_purchase_replay(payment=existing, amount_nanos=amount_nanos, card=card,
+                                     now=now), False
     customer_id = stripe_customer_ensure(account_id=account_id, now=now)
     if card is None:
         card = usable_card(BillingProfile.objects.filter(account_id=account_id)
                             .values_list("default_card_id", flat=True).first())
-    payment = _purchase_payment_create(account_id=account_id, amount_nanos=amount_nanos,
-                                       card=card, key_prefix="purchase", now=now)
+    try:
+        with transaction.atomic():
+            payment = _purchase_payment_create(account_id=account_id, amount_nanos=amount_nanos,
+                                               card=card, key_prefix="purchase", now=now,
+                                               idempotency_key=key)
+    except IntegrityError:  # the same key, at the same moment: the other call makes it
+        existing = Payment.objects.get(idempotency_key=key)
+        return *_purchase_replay(payment=existing, amount_nanos=amount_nanos, card=None,
+                                 now=now), False
     try:
         intent = stripe_gateway().payment_intent_create(
             amount_cents=nanos_to_cents(amount_nanos), customer_id=customer_id,
@@ -503,10 +552,10 @@ def purchase_start(*, account_id: UUID, amount_nanos: int, card_id=None,
                       "purpose": Purpose.PURCHASE},
             idempotency_key=payment.idempotency_key, confirm=confirm and card is not None)
     except CardDeclined as exc:
-        return payment_outcome_apply(payment_id=payment.id, declined=exc, now=now), None
+        return payment_outcome_apply(payment_id=payment.id, declined=exc, now=now), None, True
     except StripeGatewayError as exc:
         raise provider_error(exc) from exc
-    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now), intent
+    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now), intent, True
 
 
 def _account_payment(*, account_id: UUID, payment_id) -> Payment:

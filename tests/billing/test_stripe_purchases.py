@@ -155,3 +155,99 @@ def test_the_customer_api_needs_a_valid_key(anon_api, db):
 
     assert missing.status_code == 401 and missing.json()["code"] == "unauthorized"
     assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_api_key"
+
+
+# --- Idempotency-Key: a client that retries never pays twice ---------------------------------
+
+
+def _charges(stripe_client, customer) -> list[int]:
+    customer_id = customer.refresh().billing_profile.stripe_customer_id
+    return [c.amount for c in stripe_client.v1.charges.list(
+        params={"customer": customer_id}).data]
+
+
+def test_a_purchase_asked_again_with_its_idempotency_key_is_the_first_one(
+        make_customer, save_card, stripe_client):
+    # Given a customer with a good card who buys $25 with an Idempotency-Key
+    customer = make_customer()
+    assert save_card(customer, GOOD_CARD).status_code == 201
+    first = customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                              HTTP_IDEMPOTENCY_KEY="order-7f3a")
+    assert first.status_code == 201, first.content
+
+    # When the client, having lost the answer, asks again with the same key
+    again = customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                              HTTP_IDEMPOTENCY_KEY="order-7f3a")
+
+    # Then it is told about the first purchase (200), and the card was charged once
+    assert again.status_code == 200, again.content
+    assert (again.data["payment_id"], again.data["status"]) == (first.data["payment_id"],
+                                                                "succeeded")
+    assert _charges(stripe_client, customer) == [2500]
+    assert len(_lots(customer.account, CreditLot.Source.PURCHASE)) == 1
+
+    # And another key is another purchase
+    other = customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                              HTTP_IDEMPOTENCY_KEY="order-8b1c")
+    assert other.status_code == 201
+    assert sorted(_charges(stripe_client, customer)) == [2500, 2500]
+
+
+def test_an_idempotency_key_reused_for_another_amount_is_refused_and_charges_nothing(
+        make_customer, save_card, stripe_client):
+    customer = make_customer()
+    assert save_card(customer, GOOD_CARD).status_code == 201
+    assert customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                             HTTP_IDEMPOTENCY_KEY="order-1").status_code == 201
+    payments_before = Payment.objects.filter(account=customer.account).count()
+
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": "50.00"}, format="json",
+                                 HTTP_IDEMPOTENCY_KEY="order-1")
+
+    assert response.status_code == 409, response.content
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert _charges(stripe_client, customer) == [2500]
+    assert Payment.objects.filter(account=customer.account).count() == payments_before
+
+
+@pytest.mark.parametrize("key", ["with space", "x" * 201, "", "caf\u00e9"])
+def test_a_malformed_idempotency_key_is_400_and_writes_nothing(make_customer, save_card, key):
+    customer = make_customer()
+    assert save_card(customer, GOOD_CARD).status_code == 201
+    payments_before = Payment.objects.count()
+
+    response = customer.api.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                                 HTTP_IDEMPOTENCY_KEY=key)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_request"
+    assert "Idempotency-Key" in response.json()["fields"]
+    assert Payment.objects.count() == payments_before
+
+
+def test_racing_retries_with_one_idempotency_key_charge_once(make_customer, save_card,
+                                                             stripe_client):
+    from rest_framework.test import APIClient
+
+    from tests.support import run_concurrently
+
+    # Given a customer with a good card
+    customer = make_customer()
+    assert save_card(customer, GOOD_CARD).status_code == 201
+
+    # When 6 copies of one purchase, with one key, arrive at once
+    def buy():
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {customer.key}")
+        return client.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
+                           HTTP_IDEMPOTENCY_KEY="burst-1")
+
+    answers = run_concurrently([buy] * 6)
+
+    # Then one made it (201), the others were told about it or to ask again (200 / 409),
+    # and the card was charged once
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses.count(201) == 1, statuses
+    assert set(statuses) <= {200, 201, 409}, [a.content for a in answers]
+    assert _charges(stripe_client, customer) == [2500]
+    assert Payment.objects.filter(account=customer.account).count() == 1
