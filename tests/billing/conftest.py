@@ -296,3 +296,13 @@ def payg_price(stripe_client):
                                           "product": {"name": "Pay-as-you-go"}})
     Plan.objects.filter(code="payg").update(stripe_price_id=price_id)
     return price_id
+
+
+def subscription_made_at_stripe(customer, save_card, stripe_client, price_id):
+    """A subscription made at Stripe (localstripe pays its first invoice at once) that the
+    service has heard nothing about yet."""
+    assert save_card(customer).status_code == 201
+    customer_id = customer.refresh().billing_profile.stripe_customer_id
+    return stripe_client.v1.subscriptions.create(params={
+        "customer": customer_id, "items": [{"plan": price_id}],
+        "metadata": {"account_id": str(customer.id), "plan_code": "payg"}})

@@ -5,7 +5,7 @@ import pytest
 
 from billing.models import Payment, Purchase
 from billing.refunds import purchase_for_payment_intent
-from tests.billing.conftest import deliver, event_payload
+from tests.billing.conftest import deliver, event_payload, subscription_made_at_stripe
 from tests.support import assert_books_agree
 
 pytestmark = pytest.mark.usefixtures("stripe_live")
@@ -23,11 +23,7 @@ def test_a_plan_invoice_without_its_payment_intent_still_links_its_purchase(
         make_customer, save_card, stripe_client, service_webhook_url, payg_price):
     # Given a subscription made at Stripe, its first invoice paid.
     customer = make_customer()
-    assert save_card(customer).status_code == 201
-    customer_id = customer.refresh().billing_profile.stripe_customer_id
-    created = stripe_client.v1.subscriptions.create(params={
-        "customer": customer_id, "items": [{"plan": payg_price}],
-        "metadata": {"account_id": str(customer.id), "plan_code": "payg"}})
+    created = subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
     invoice = stripe_client.v1.invoices.retrieve(created.latest_invoice).to_dict()
     assert invoice["status"] == "paid" and invoice["payment_intent"]
 

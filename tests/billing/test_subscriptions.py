@@ -11,7 +11,12 @@ import pytest
 
 from accounts.models import Account
 from billing.models import CreditLot, Purchase, Reversal, StripeEvent, Subscription
-from tests.billing.conftest import deliver, event_payload, wait_until
+from tests.billing.conftest import (
+    deliver,
+    event_payload,
+    subscription_made_at_stripe,
+    wait_until,
+)
 from tests.support import account_state, assert_books_agree, db_counts
 
 USD = 10**9
@@ -134,11 +139,7 @@ def test_the_invoice_paid_before_the_subscription_is_known_is_still_granted_once
     # Given a subscription made at Stripe whose creation the service has not heard of yet
     # (its own call's answer was lost)
     customer = make_customer()
-    assert save_card(customer).status_code == 201
-    customer_id = customer.refresh().billing_profile.stripe_customer_id
-    created = stripe_client.v1.subscriptions.create(params={
-        "customer": customer_id, "items": [{"plan": payg_price}],
-        "metadata": {"account_id": str(customer.id), "plan_code": "payg"}})
+    created = subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
     invoice = stripe_client.v1.invoices.retrieve(created.latest_invoice).to_dict()
     created_delivery = stripe_live.wait_for("customer.subscription.created", created.id)
 
@@ -193,16 +194,6 @@ def test_a_failed_invoice_grants_nothing_and_is_recorded(make_customer, save_car
 # --- News out of order ------------------------------------------------------------------------
 
 
-def _subscription_made_at_stripe(customer, save_card, stripe_client, price_id):
-    """A subscription made at Stripe (localstripe pays its first invoice at once) that the
-    service has heard nothing about yet."""
-    assert save_card(customer).status_code == 201
-    customer_id = customer.refresh().billing_profile.stripe_customer_id
-    return stripe_client.v1.subscriptions.create(params={
-        "customer": customer_id, "items": [{"plan": price_id}],
-        "metadata": {"account_id": str(customer.id), "plan_code": "payg"}})
-
-
 def _news(event_type: str, state: dict, status: str, created: int) -> bytes:
     return event_payload(event_type, {**state, "status": status}, created=created)
 
@@ -212,7 +203,7 @@ def test_within_one_second_a_subscription_only_moves_forward(
         make_customer, save_card, stripe_client, service_webhook_url, payg_price):
     # Given a subscription whose "active" update was applied
     customer = make_customer()
-    created = _subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
+    created = subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
     state = stripe_client.v1.subscriptions.retrieve(created.id).to_dict()
     second = int(time.time())
     active = deliver(service_webhook_url, _news("customer.subscription.updated", state,
@@ -240,7 +231,7 @@ def test_within_one_second_a_subscription_only_moves_forward(
     # And the other way round, for another customer: "incomplete", then "active" in the
     # same second, moves the subscription forward
     other = make_customer()
-    made = _subscription_made_at_stripe(other, save_card, stripe_client, payg_price)
+    made = subscription_made_at_stripe(other, save_card, stripe_client, payg_price)
     other_state = stripe_client.v1.subscriptions.retrieve(made.id).to_dict()
     second = int(time.time())
     first = deliver(service_webhook_url, _news("customer.subscription.created", other_state,
@@ -258,7 +249,7 @@ def test_a_refund_of_a_plan_invoice_not_recorded_yet_waits_for_the_invoice(
         make_customer, save_card, stripe_client, service_webhook_url, payg_price):
     # Given a plan invoice paid at Stripe whose invoice.paid has not arrived, and refunded
     customer = make_customer()
-    created = _subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
+    created = subscription_made_at_stripe(customer, save_card, stripe_client, payg_price)
     invoice = stripe_client.v1.invoices.retrieve(created.latest_invoice).to_dict()
     intent_id = invoice["payment_intent"]
     assert intent_id and invoice["status"] == "paid"
