@@ -306,6 +306,10 @@ class StripeGateway:
             ) from exc
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
             raise StripeUnavailable(str(exc)) from exc
+        except stripe.IdempotencyError as exc:
+            # Another call with the same idempotency key is still in progress at Stripe
+            # (409): not a refusal; its outcome is learnt by retrying with the same key.
+            raise StripeUnavailable(str(exc)) from exc
         except stripe.StripeError as exc:
             if exc.http_status is None or exc.http_status >= 500:
                 raise StripeUnavailable(str(exc)) from exc

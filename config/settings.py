@@ -139,9 +139,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.credit_lots_expire_due",
         "schedule": timedelta(minutes=1),
     },
+    # Each minute: a free account whose grant just lapsed waits at most that for the next.
     "refresh-free-grants": {
         "task": "billing.tasks.free_grants_refresh_due",
-        "schedule": timedelta(minutes=10),
+        "schedule": timedelta(minutes=1),
     },
 }
 # Apps add their own periodic work to CELERY_BEAT_SCHEDULE below this line.

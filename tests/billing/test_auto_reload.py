@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import stripe
 from django.conf import settings as django_settings
 from django.db import connection
 
@@ -22,6 +23,7 @@ from accounts.models import Account
 from billing.models import BillingProfile, LowBalanceEvent, Payment, Purchase
 from billing.payments import auto_reload_run, payment_resume
 from billing.services import credit_debit, credit_grant
+from billing.stripe_gateway import StripeGateway, StripeUnavailable
 from billing.tasks import auto_reload_for_crossing
 from config.celery import app as celery_app
 from tests.billing.conftest import (
@@ -401,3 +403,40 @@ def test_a_charge_not_resumed_within_stripes_idempotency_window_is_given_up_not_
                                        kind=Purchase.Kind.AUTO_RELOAD).exists()
     profile = BillingProfile.objects.get(account=customer.account)
     assert profile.auto_reload_paused_reason.startswith("not_resumed")
+
+
+class SameKeyInFlightAtStripe(StripeGateway):
+    """Stripe's answer to a charge sent while another call with its idempotency key is
+    still in progress there (409), which localstripe never gives."""
+
+    def payment_intent_create(self, **params):
+        def in_progress(*args, **kwargs):
+            raise stripe.IdempotencyError(
+                "There is currently another in-progress request using this Stripe token",
+                http_status=409)
+
+        return self._call(in_progress)
+
+
+def test_a_charge_whose_key_is_still_in_flight_at_stripe_is_retried_not_declined(
+        make_customer, save_card, stripe_client, settings, mailoutbox):
+    # Given a crossing whose reload is being charged by a worker that Stripe still serves
+    customer = _customer_with_reload(make_customer, save_card)
+    crossing = _cross(customer.account, to_nanos=2 * USD)
+    settings.BILLING_STRIPE_GATEWAY = f"{__name__}.SameKeyInFlightAtStripe"
+
+    # When another worker sends the same charge and Stripe answers 409
+    with pytest.raises(StripeUnavailable):
+        auto_reload_run(low_balance_event_id=crossing.id)
+
+    # Then it is not taken as a decline: the payment stays in flight, free to be resumed,
+    # auto-reload stays on and the customer is not told of a failure
+    payment = Payment.objects.get(low_balance_event=crossing)
+    assert payment.status in Payment.IN_FLIGHT and payment.claimed_until is None
+    assert BillingProfile.objects.get(account=customer.account).auto_reload_paused_at is None
+    assert mailoutbox == []
+
+    # And once Stripe answers, the resumed charge is made, once
+    settings.BILLING_STRIPE_GATEWAY = "billing.stripe_gateway.StripeGateway"
+    assert payment_resume(payment_id=payment.id).status == "succeeded"
+    assert _stripe_charges(stripe_client, customer.account) == [500, 1000]
