@@ -35,14 +35,19 @@ class TtlCache:
         # lock (a read of a live entry needs none).
         self._lock = threading.Lock()
 
-    def get(self, key, loader, ttl: float | None = None):
+    def get(self, key, loader, none_ttl: float | None = None):
+        """The value for `key`, loaded when missing or stale. A None (nothing found) is
+        kept `none_ttl` seconds instead, when given (0: not kept)."""
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and entry[0] > now:
             return entry[1]
         value = loader()
+        ttl = none_ttl if value is None and none_ttl is not None else self.ttl
+        if ttl <= 0:
+            return value
         with self._lock:
-            self._entries[key] = (now + (self.ttl if ttl is None else ttl), value)
+            self._entries[key] = (now + ttl, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -98,11 +103,8 @@ def api_key_ref(presented_key: str) -> KeyRef | None:
         row = ApiKey.objects.filter(key_hash=key_hash).values_list("id", "account_id").first()
         return KeyRef(*row) if row else None
 
-    ref = _keys.get(key_hash, load)
-    if ref is None:
-        # Forget unknown keys soon: a key created a moment ago must work at once.
-        _keys._entries[key_hash] = (time.monotonic() + UNKNOWN_KEY_TTL_SECONDS, None)
-    return ref
+    # Forget unknown keys soon: a key created a moment ago must work at once.
+    return _keys.get(key_hash, load, none_ttl=UNKNOWN_KEY_TTL_SECONDS)
 
 
 def model_price(model_id: str) -> ModelPrice | None:
@@ -125,7 +127,9 @@ def model_price(model_id: str) -> ModelPrice | None:
                           weight=size_class.concurrency_weight,
                           input_nanos_per_mtok=0, output_nanos_per_mtok=0)
 
-    return _models.get(model_id, load)
+    # An unknown model is not remembered: a model the platform has just added must run
+    # at once on every process (asking for unknown ones is rare, and costs one query).
+    return _models.get(model_id, load, none_ttl=0)
 
 
 def pricing_policy() -> Policy:

@@ -104,3 +104,21 @@ def test_model_ids_may_contain_slashes_and_punctuation(api, model_id):
     assert api.put(url(model_id), {"kind": "open", "params_b": 8},
                    format="json").status_code == 200
     assert api.get(url(model_id)).json()["id"] == model_id
+
+
+def test_a_model_added_by_another_process_runs_at_once(api):
+    # Given a process that was just asked for a model nobody had added yet
+    from metering.catalog import model_price
+    from tests.runpath import customer_create
+
+    assert model_price("late/open-7b") is None
+
+    # When another process adds it (nothing here is told: no cache is cleared)
+    InferenceModel.objects.create(id="late/open-7b", kind=InferenceModel.Kind.OPEN,
+                                  params_b=7)
+
+    # Then this process runs it on the next call
+    customer = customer_create()
+    response = api.post("/internal/v1/authorize", {
+        "api_key": customer.key, "model": "late/open-7b", "request_id": "r1"}, format="json")
+    assert response.status_code == 200, response.content
