@@ -328,7 +328,7 @@ def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization
     raise refusal
 
 
-def _closed_rate_limit(*, reservation: Reservation, request) -> None:
+def _closed_rate_limit(*, reservation: Reservation, request, now: datetime) -> None:
     from django_ratelimit.core import get_usage
 
     rps = plan_closed_rps(account_plan_code(reservation.key.account_id))
@@ -338,7 +338,7 @@ def _closed_rate_limit(*, reservation: Reservation, request) -> None:
     if Hold.objects.filter(account_id=key.account_id,
                            request_id=reservation.request_id).exists():
         return  # a retry of a request already counted; the slow path answers it
-    if not _api_key_usable(key_id=key.key_id, now=timezone.now()):
+    if not _api_key_usable(key_id=key.key_id, now=now):
         raise InvalidApiKey()  # a revoked key must not use up the account's requests
     usage = get_usage(request, group="closed-model-requests", rate=f"{rps}/s",
                       key=lambda group, req: str(reservation.key.account_id), increment=True)
@@ -370,7 +370,7 @@ def hold_authorize(*, api_key: str, model_id: str, request_id: str, byok: bool =
             estimate_input_tokens=estimate_input_tokens,
             estimate_max_output_tokens=estimate_max_output_tokens))
     if model.kind == InferenceModel.Kind.CLOSED and not byok:
-        _closed_rate_limit(reservation=reservation, request=request)
+        _closed_rate_limit(reservation=reservation, request=request, now=now)
     try:
         if connection.in_atomic_block:  # keep a caller's transaction usable on a conflict
             with transaction.atomic():
