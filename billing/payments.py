@@ -503,11 +503,7 @@ def _purchase_replay(*, payment: Payment, amount_nanos: int, card: Card | None,
         if payment.status in Payment.TERMINAL:
             return payment, None
         raise PurchaseInProgress(headers={"Retry-After": "1"})
-    try:
-        intent = stripe_gateway().payment_intent_retrieve(payment.stripe_payment_intent_id)
-    except StripeGatewayError as exc:
-        raise provider_error(exc) from exc
-    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now), intent
+    return _payment_refresh(payment=payment, now=now)
 
 
 def purchase_start(*, account_id: UUID, amount_nanos: int, card_id=None,
@@ -626,11 +622,17 @@ def payment_intent_sync(*, payment_intent_id: str, now: datetime | None = None) 
     payment = Payment.objects.filter(stripe_payment_intent_id=payment_intent_id).first()
     if payment is None:
         return None
+    return _payment_refresh(payment=payment, now=now)[0]
+
+
+def _payment_refresh(*, payment: Payment,
+                     now: datetime | None) -> tuple[Payment, IntentState]:
+    """Record how the payment's PaymentIntent stands at Stripe now."""
     try:
-        intent = stripe_gateway().payment_intent_retrieve(payment_intent_id)
+        intent = stripe_gateway().payment_intent_retrieve(payment.stripe_payment_intent_id)
     except StripeGatewayError as exc:
         raise provider_error(exc) from exc
-    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
+    return payment_outcome_apply(payment_id=payment.id, intent=intent, now=now), intent
 
 
 # --- Auto-reload ------------------------------------------------------------------------------

@@ -113,10 +113,10 @@ def json_not_found(request, *args, **kwargs):
 def internal_not_found(request, *args, **kwargs):
     """An unknown /internal/v1/ path: without a service token, 401 like every other
     internal call (an unauthenticated caller learns nothing about which paths exist)."""
-    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() != "bearer" or not service_token_valid(token.strip()):
-        return application_error_response(Unauthorized(headers={
-            "WWW-Authenticate": ServiceTokenAuthentication().authenticate_header(request)}))
+    try:
+        service_token_ensure(request)
+    except Unauthorized as exc:
+        return application_error_response(exc)
     return json_not_found(request)
 
 
@@ -243,6 +243,14 @@ class Unauthorized(ApplicationError):
     message = "A valid service token is required."
 
 
+def service_token_ensure(request) -> None:
+    """Raise the contract's 401 unless the request carries a valid service token."""
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer" or not service_token_valid(token.strip()):
+        raise Unauthorized(headers={
+            "WWW-Authenticate": ServiceTokenAuthentication().authenticate_header(request)})
+
+
 class MethodNotAllowedError(ApplicationError):
     status = 405
     code = "method_not_allowed"
@@ -283,10 +291,7 @@ class LeanInternalApi(InternalApi):
 
         self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
         try:
-            scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-            if scheme.lower() != "bearer" or not service_token_valid(token.strip()):
-                raise Unauthorized(headers={
-                    "WWW-Authenticate": ServiceTokenAuthentication().authenticate_header(request)})
+            service_token_ensure(request)
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:

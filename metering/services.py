@@ -9,7 +9,7 @@ from uuid import UUID
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import BooleanField, Exists, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -293,9 +293,12 @@ def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError 
     return None
 
 
+def _usable_key(now: datetime) -> Q:
+    return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
 def _api_key_usable(*, key_id: UUID, now: datetime) -> bool:
-    return ApiKey.objects.filter(id=key_id, revoked_at__isnull=True).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists()
+    return ApiKey.objects.filter(_usable_key(now), id=key_id).exists()
 
 
 def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization:
@@ -335,11 +338,15 @@ def _closed_rate_limit(*, reservation: Reservation, request, now: datetime) -> N
     if not rps:
         return
     key = reservation.key
-    if Hold.objects.filter(account_id=key.account_id,
-                           request_id=reservation.request_id).exists():
-        return  # a retry of a request already counted; the slow path answers it
-    if not _api_key_usable(key_id=key.key_id, now=now):
+    usable, retried = ApiKey.objects.filter(id=key.key_id).values_list(
+        ExpressionWrapper(_usable_key(now), output_field=BooleanField()),
+        Exists(Hold.objects.filter(account_id=key.account_id,
+                                   request_id=reservation.request_id)),
+    ).first() or (False, False)
+    if not usable:
         raise InvalidApiKey()  # a revoked key must not use up the account's requests
+    if retried:
+        return  # a retry of a request already counted; the slow path answers it
     usage = get_usage(request, group="closed-model-requests", rate=f"{rps}/s",
                       key=lambda group, req: str(reservation.key.account_id), increment=True)
     if usage is not None and usage["should_limit"]:
