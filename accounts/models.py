@@ -144,8 +144,28 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
+    class SpendPeriod(models.TextChoices):
+        DAY = "day"
+        WEEK = "week"
+        MONTH = "month"
+        TOTAL = "total"
+
+    # The key's spend limit (NULL: none) and the period it resets with. The rule is
+    # ratelimits/key_limits.py's; the authorize statement reads both from this row.
+    spend_limit_nanos = models.BigIntegerField(null=True, blank=True)
+    spend_limit_period = models.CharField(max_length=8, choices=SpendPeriod.choices,
+                                          blank=True, default="")
+
     class Meta:
         indexes = [models.Index(fields=["account", "created_at"], name="apikey_account_idx")]
+        constraints = [
+            models.CheckConstraint(
+                name="apikey_spend_limit_with_period",
+                condition=(models.Q(spend_limit_nanos__isnull=True, spend_limit_period="")
+                           | models.Q(spend_limit_nanos__gte=0,
+                                      spend_limit_period__in=["day", "week", "month",
+                                                              "total"]))),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

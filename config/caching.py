@@ -45,3 +45,7 @@ class TtlCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def discard(self, key) -> None:
+        with self._lock:
+            self._entries.pop(key, None)

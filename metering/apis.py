@@ -26,6 +26,8 @@ from metering.settle import Settlement, Usage, hold_settle
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
+MAX_UNIT_PRICE_NANOS = 10**4 * 10**9  # $10,000 per image, second or request
+UNIT_PRICE_FIELDS = ("usd_per_image", "usd_per_second", "usd_per_request")
 
 
 def model_output(model: InferenceModel) -> dict:
@@ -40,8 +42,12 @@ def model_output(model: InferenceModel) -> dict:
         }
     else:
         body["provider"] = model.provider
-        body["input_usd_per_mtok"] = nanos_to_usd(model.input_nanos_per_mtok)
-        body["output_usd_per_mtok"] = nanos_to_usd(model.output_nanos_per_mtok)
+        for field, nanos in (("input_usd_per_mtok", model.input_nanos_per_mtok),
+                             ("output_usd_per_mtok", model.output_nanos_per_mtok),
+                             ("usd_per_image", model.nanos_per_image),
+                             ("usd_per_second", model.nanos_per_second),
+                             ("usd_per_request", model.nanos_per_request)):
+            body[field] = None if nanos is None else nanos_to_usd(nanos)
     body["updated_at"] = serializers.DateTimeField().to_representation(model.updated_at)
     return body
 
@@ -56,12 +62,32 @@ class ModelDetailApi(InternalApi):
                                         required=False)
         output_usd_per_mtok = MoneyField(positive=False, max_nanos=MAX_PER_MTOK_NANOS,
                                          required=False)
+        usd_per_image = MoneyField(positive=False, max_nanos=MAX_UNIT_PRICE_NANOS,
+                                   required=False)
+        usd_per_second = MoneyField(positive=False, max_nanos=MAX_UNIT_PRICE_NANOS,
+                                    required=False)
+        usd_per_request = MoneyField(positive=False, max_nanos=MAX_UNIT_PRICE_NANOS,
+                                     required=False)
 
         def validate(self, attrs):
-            required = (("params_b",) if attrs["kind"] == InferenceModel.Kind.OPEN
-                        else ("provider", "input_usd_per_mtok", "output_usd_per_mtok"))
-            missing = {name: [f"Required for {attrs['kind']} models."]
-                       for name in required if name not in attrs}
+            if attrs["kind"] == InferenceModel.Kind.OPEN:
+                missing = {} if "params_b" in attrs else {"params_b": [
+                    "Required for open models."]}
+                if missing:
+                    raise serializers.ValidationError(missing)
+                return attrs
+            missing = {} if "provider" in attrs else {"provider": [
+                "Required for closed models."]}
+            tokens = [name for name in ("input_usd_per_mtok", "output_usd_per_mtok")
+                      if name in attrs]
+            if len(tokens) == 1:
+                other = ({"input_usd_per_mtok", "output_usd_per_mtok"} - set(tokens)).pop()
+                missing[other] = ["Token prices come in pairs: send both."]
+            elif not tokens and not any(name in attrs for name in UNIT_PRICE_FIELDS):
+                missing["input_usd_per_mtok"] = [
+                    "A closed model needs at least one price: input_usd_per_mtok with "
+                    "output_usd_per_mtok, usd_per_image, usd_per_second or "
+                    "usd_per_request."]
             if missing:
                 raise serializers.ValidationError(missing)
             return attrs
@@ -80,6 +106,9 @@ class ModelDetailApi(InternalApi):
             provider=values.get("provider", ""),
             input_nanos_per_mtok=values.get("input_usd_per_mtok"),
             output_nanos_per_mtok=values.get("output_usd_per_mtok"),
+            nanos_per_image=values.get("usd_per_image"),
+            nanos_per_second=values.get("usd_per_second"),
+            nanos_per_request=values.get("usd_per_request"),
         )
         return Response(model_output(model))
 
@@ -99,6 +128,8 @@ MAX_TOKENS = 10**9
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+MAX_UNITS = 10**6
+Units = Annotated[int, Field(ge=0, le=MAX_UNITS)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -113,6 +144,8 @@ class Estimate(BaseModel):
     seconds: Seconds | None = None
     input_tokens: Tokens | None = None
     max_output_tokens: Tokens | None = None
+    images: Units | None = None
+    requests: Units | None = None
 
 
 def authorization_output(authorization) -> dict:
@@ -191,7 +224,8 @@ class HoldAuthorizeApi(LeanInternalApi):
             byok=data.byok, auto_scale=data.auto_scale,
             estimate_seconds=as_decimal(estimate.seconds),
             estimate_input_tokens=estimate.input_tokens,
-            estimate_max_output_tokens=estimate.max_output_tokens)
+            estimate_max_output_tokens=estimate.max_output_tokens,
+            estimate_images=estimate.images, estimate_requests=estimate.requests)
         return JsonResponse(authorization_output(authorization))
 
 
@@ -206,7 +240,10 @@ class HoldSettleApi(LeanInternalApi):
         input_tokens: Tokens | None = None
         output_tokens: Tokens | None = None
         provider_cost_usd: UsdNanos | None = None
-
+        # Closed models priced per unit: one of these (seconds billed exactly).
+        images: Units | None = None
+        seconds: Seconds | None = None
+        requests: Units | None = None
 
     class SettleOutput(BaseModel):
         hold_id: str
@@ -220,15 +257,23 @@ class HoldSettleApi(LeanInternalApi):
     @extend_schema(request=SettleInput, responses={200: SettleOutput}, summary="Settle a hold")
     def post(self, request, hold_id):
         data = self.SettleInput.model_validate_json(request.body)
+        usage = Usage(
+            inference_seconds=as_decimal(data.inference_seconds),
+            load_seconds=as_decimal(data.load_seconds),
+            input_tokens=data.input_tokens, output_tokens=data.output_tokens,
+            provider_cost_nanos=data.provider_cost_usd, images=data.images,
+            seconds=as_decimal(data.seconds), requests=data.requests)
+        refusal = usage.kinds_refusal()  # before anything else: one kind of usage
+        if refusal is not None:
+            raise refusal
+        if usage.seconds is not None and usage.seconds.as_tuple().exponent < -9:
+            raise ApplicationError(extra={"fields": {"seconds": [
+                "At most 9 decimal places."]}})
         if (data.input_tokens is None) != (data.output_tokens is None):
             missing = "output_tokens" if data.output_tokens is None else "input_tokens"
             raise ApplicationError(extra={"fields": {missing: [
                 "Send both input_tokens and output_tokens."]}})
-        settlement = hold_settle(hold_id=hold_id, usage=Usage(
-            inference_seconds=as_decimal(data.inference_seconds),
-            load_seconds=as_decimal(data.load_seconds),
-            input_tokens=data.input_tokens, output_tokens=data.output_tokens,
-            provider_cost_nanos=data.provider_cost_usd))
+        settlement = hold_settle(hold_id=hold_id, usage=usage)
         return JsonResponse(settlement_output(settlement))
 
 

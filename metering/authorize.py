@@ -8,7 +8,7 @@ expire lapsed holds), then try the same statement again or name the reason.
 """
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
@@ -33,6 +33,7 @@ from metering.catalog import (
     Policy,
     account_plan_code,
     api_key_ref,
+    api_key_ref_forget,
     model_price,
     plan_closed_rps,
     pricing_policy,
@@ -43,9 +44,15 @@ from metering.pricing import (
     billed_seconds_for,
     closed_charge_from_cost,
     open_charge,
-    token_cost,
 )
+from metering.units import UnitEstimate, closed_usage_cost
 from ratelimits.errors import AccountSuspended, ConcurrencyLimit
+from ratelimits.key_limits import (
+    KeyLimit,
+    key_limit_refusal,
+    key_spent_nanos,
+    period_start,
+)
 from ratelimits.request_rate import closed_model_request_count
 from ratelimits.slots import slots_refusal
 from ratelimits.tiers import model_size_refusal
@@ -78,10 +85,19 @@ class Reservation:
     weight: int
     policy: Policy
 
+    @property
+    def key_limit(self) -> KeyLimit | None:
+        if self.key.spend_limit_nanos is None:
+            return None
+        return KeyLimit(limit_nanos=self.key.spend_limit_nanos,
+                        period=self.key.spend_limit_period)
+
 
 def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
                        estimate_seconds: Decimal | None, estimate_input_tokens: int | None,
-                       estimate_max_output_tokens: int | None) -> int:
+                       estimate_max_output_tokens: int | None,
+                       estimate_images: int | None = None,
+                       estimate_requests: int | None = None) -> int:
     # A run that is not BYOK always reserves something (an estimate of zero reserves one
     # second, or one nano-dollar), so an account with nothing available gets its 402.
     if model.kind == InferenceModel.Kind.OPEN:
@@ -91,13 +107,10 @@ def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
                            nanos_per_second=model.nanos_per_second)
     if byok:
         return policy.byok_fee_nanos
-    cost = token_cost(
-        input_tokens=policy.default_estimate_input_tokens if estimate_input_tokens is None
-        else estimate_input_tokens,
-        output_tokens=policy.default_estimate_output_tokens
-        if estimate_max_output_tokens is None else estimate_max_output_tokens,
-        input_nanos_per_mtok=model.input_nanos_per_mtok,
-        output_nanos_per_mtok=model.output_nanos_per_mtok)
+    estimate = UnitEstimate(seconds=estimate_seconds, input_tokens=estimate_input_tokens,
+                            max_output_tokens=estimate_max_output_tokens,
+                            images=estimate_images, requests=estimate_requests)
+    cost = closed_usage_cost(model=model, policy=policy, estimate=estimate)
     return max(1, closed_charge_from_cost(provider_cost=cost,
                                           fee_ppm=policy.platform_fee_ppm).total_nanos)
 
@@ -105,7 +118,7 @@ def _reservation_price(*, model: ModelPrice, policy: Policy, byok: bool,
 def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
                     lease_expires_at: datetime) -> dict:
     model, policy = reservation.model, reservation.policy
-    return {
+    params = {
         "hold_id": sql.db_uuid(hold_id), "account_id": sql.db_uuid(reservation.key.account_id),
         "key_id": sql.db_uuid(reservation.key.key_id), "model_id": model.id,
         "request_id": reservation.request_id, "kind": model.kind, "byok": reservation.byok,
@@ -113,10 +126,20 @@ def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
         "class_params_b": model.class_params_b, "nanos_per_second": model.nanos_per_second,
         "input_nanos_per_mtok": model.input_nanos_per_mtok,
         "output_nanos_per_mtok": model.output_nanos_per_mtok,
+        "nanos_per_image": model.nanos_per_image, "nanos_per_request": model.nanos_per_request,
         "platform_fee_ppm": policy.platform_fee_ppm if model.kind == "closed" else 0,
         "byok_fee_nanos": policy.byok_fee_nanos if reservation.byok else 0,
         "now": sql.db_datetime(now), "lease_expires_at": sql.db_datetime(lease_expires_at),
     }
+    if model.kind == InferenceModel.Kind.CLOSED:
+        params["nanos_per_second"] = model.nanos_per_unit_second
+    limit = reservation.key_limit
+    params["spend_limit"] = None if limit is None else limit.limit_nanos
+    if limit is not None:
+        params["spend_period"] = limit.period
+        params["spend_period_start"] = sql.db_datetime(
+            period_start(period=limit.period, now=now))
+    return params
 
 
 def _try_reserve(*, reservation: Reservation, now: datetime) -> Authorization | None:
@@ -146,7 +169,8 @@ def _replay(*, hold: Hold, account: Account) -> Authorization:
                          tier_concurrency=account.tier_concurrency, replayed=True)
 
 
-def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError | None:
+def _refusal(*, account: Account, reservation: Reservation,
+             now: datetime) -> ApplicationError | None:
     """Why the locked, current account cannot take this reservation, in the contract's
     order. This is the fast path's statement (metering/sql.py, RESERVE_SQL) in Python."""
     if account.status != Account.Status.ACTIVE:
@@ -158,12 +182,34 @@ def _refusal(*, account: Account, reservation: Reservation) -> ApplicationError 
                or slots_refusal(account=account, weight=reservation.weight))
     if refusal is not None:
         return refusal
+    limit = reservation.key_limit
+    if limit is not None:
+        refusal = key_limit_refusal(
+            limit=limit, reserve_nanos=reservation.reserve_nanos, now=now,
+            spent_nanos=key_spent_nanos(key_id=reservation.key.key_id,
+                                        period_start_at=period_start(period=limit.period,
+                                                                     now=now)))
+        if refusal is not None:
+            return refusal
     if account.balance_nanos - account.held_nanos < reservation.reserve_nanos:
         return InsufficientCredit(extra={
             "reserve_usd": nanos_to_usd(reservation.reserve_nanos),
             "available_usd": nanos_to_usd(max(0, account.balance_nanos - account.held_nanos)),
         })
     return None
+
+
+def _with_current_key_limit(*, reservation: Reservation) -> Reservation:
+    """The reservation with the key's limit as it is now (read under the account lock,
+    which a change of the limit takes too)."""
+    limit_nanos, period = ApiKey.objects.filter(id=reservation.key.key_id).values_list(
+        "spend_limit_nanos", "spend_limit_period").get()
+    key = reservation.key
+    if (limit_nanos, period) == (key.spend_limit_nanos, key.spend_limit_period):
+        return reservation
+    api_key_ref_forget(key)
+    return replace(reservation, key=replace(key, spend_limit_nanos=limit_nanos,
+                                            spend_limit_period=period))
 
 
 def _api_key_usable(*, key_id: UUID, now: datetime) -> bool:
@@ -178,15 +224,16 @@ def _authorize_slow(*, reservation: Reservation, now: datetime) -> Authorization
             refusal = InvalidApiKey()
         else:
             account_bring_current_locked(account=account, now=now)
+            reservation = _with_current_key_limit(reservation=reservation)
             existing = Hold.objects.filter(account=account,
                                            request_id=reservation.request_id).first()
             if existing is not None:
                 if account.status != Account.Status.ACTIVE:
-                    refusal = _refusal(account=account, reservation=reservation)
+                    refusal = _refusal(account=account, reservation=reservation, now=now)
                 else:
                     return _replay(hold=existing, account=account)
             else:
-                refusal = _refusal(account=account, reservation=reservation)
+                refusal = _refusal(account=account, reservation=reservation, now=now)
                 if refusal is None:
                     authorization = _try_reserve(reservation=reservation, now=now)
                     if authorization is not None:
@@ -223,6 +270,7 @@ def hold_authorize(*, api_key: str, model_id: str, request_id: str, byok: bool =
                    auto_scale: bool = False, estimate_seconds: Decimal | None = None,
                    estimate_input_tokens: int | None = None,
                    estimate_max_output_tokens: int | None = None,
+                   estimate_images: int | None = None, estimate_requests: int | None = None,
                    now: datetime | None = None) -> Authorization:
     """May this key run this model now? If so, reserve the money and slots as a hold."""
     now = now or timezone.now()
@@ -240,7 +288,8 @@ def hold_authorize(*, api_key: str, model_id: str, request_id: str, byok: bool =
         reserve_nanos=_reservation_price(
             model=model, policy=policy, byok=byok, estimate_seconds=estimate_seconds,
             estimate_input_tokens=estimate_input_tokens,
-            estimate_max_output_tokens=estimate_max_output_tokens))
+            estimate_max_output_tokens=estimate_max_output_tokens,
+            estimate_images=estimate_images, estimate_requests=estimate_requests))
     if model.kind == InferenceModel.Kind.CLOSED and not byok:
         _closed_rate_limit(reservation=reservation, now=now)
     try:

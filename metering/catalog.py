@@ -29,6 +29,11 @@ UNKNOWN_KEY_TTL_SECONDS = 2.0
 class KeyRef:
     key_id: UUID
     account_id: UUID
+    # The key's spend limit as this process last read it (the authorize statement checks
+    # it is still the key's; a difference takes the slow path, which reads it again).
+    spend_limit_nanos: int | None = None
+    spend_limit_period: str = ""
+    key_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +47,12 @@ class ModelPrice:
     nanos_per_second: int
     weight: int
     input_nanos_per_mtok: int
-    output_nanos_per_mtok: int
+    output_nanos_per_mtok: int | None
+    # Closed models priced per unit (None: no price for that unit).
+    input_priced: bool = True
+    nanos_per_image: int | None = None
+    nanos_per_unit_second: int | None = None
+    nanos_per_request: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,8 @@ class Policy:
     default_estimate_seconds: int
     default_estimate_input_tokens: int
     default_estimate_output_tokens: int
+    default_estimate_images: int = 1
+    default_estimate_requests: int = 1
 
 
 _keys = TtlCache(ttl=300.0)
@@ -67,11 +79,17 @@ def api_key_ref(presented_key: str) -> KeyRef | None:
     key_hash = api_key_hash(presented_key)
 
     def load():
-        row = ApiKey.objects.filter(key_hash=key_hash).values_list("id", "account_id").first()
-        return KeyRef(*row) if row else None
+        row = ApiKey.objects.filter(key_hash=key_hash).values_list(
+            "id", "account_id", "spend_limit_nanos", "spend_limit_period").first()
+        return KeyRef(*row, key_hash=key_hash) if row else None
 
     # Forget unknown keys soon: a key created a moment ago must work at once.
     return _keys.get(key_hash, load, none_ttl=UNKNOWN_KEY_TTL_SECONDS)
+
+
+def api_key_ref_forget(key: KeyRef) -> None:
+    """The key's limit changed under this process: read it again on the next call."""
+    _keys.discard(key.key_hash)
 
 
 def model_price(model_id: str) -> ModelPrice | None:
@@ -82,8 +100,12 @@ def model_price(model_id: str) -> ModelPrice | None:
         if model.kind == InferenceModel.Kind.CLOSED:
             return ModelPrice(id=model.id, kind=model.kind, size_class=None,
                               class_params_b=Decimal(0), nanos_per_second=0, weight=0,
-                              input_nanos_per_mtok=model.input_nanos_per_mtok or 0,
-                              output_nanos_per_mtok=model.output_nanos_per_mtok or 0)
+                              input_nanos_per_mtok=model.input_nanos_per_mtok,
+                              output_nanos_per_mtok=model.output_nanos_per_mtok,
+                              input_priced=model.input_nanos_per_mtok is not None,
+                              nanos_per_image=model.nanos_per_image,
+                              nanos_per_unit_second=model.nanos_per_second,
+                              nanos_per_request=model.nanos_per_request)
         size_class = (SizeClass.objects.filter(max_params_b__gte=model.params_b)
                       .order_by("max_params_b").first())
         if size_class is None:
@@ -106,7 +128,9 @@ def pricing_policy() -> Policy:
                       byok_fee_nanos=policy.byok_fee_nanos,
                       default_estimate_seconds=policy.default_estimate_seconds,
                       default_estimate_input_tokens=policy.default_estimate_input_tokens,
-                      default_estimate_output_tokens=policy.default_estimate_output_tokens)
+                      default_estimate_output_tokens=policy.default_estimate_output_tokens,
+                      default_estimate_images=policy.default_estimate_images,
+                      default_estimate_requests=policy.default_estimate_requests)
 
     return _policy.get(1, load)
 
@@ -146,6 +170,8 @@ class ModelTooLarge(ApplicationError):
 def model_upsert(*, model_id: str, kind: str, params_b: Decimal | None = None,
                  provider: str = "", input_nanos_per_mtok: int | None = None,
                  output_nanos_per_mtok: int | None = None,
+                 nanos_per_image: int | None = None, nanos_per_second: int | None = None,
+                 nanos_per_request: int | None = None,
                  now: datetime | None = None) -> tuple[InferenceModel, bool]:
     """Create or replace a model in the catalog."""
     now = now or timezone.now()
@@ -158,11 +184,15 @@ def model_upsert(*, model_id: str, kind: str, params_b: Decimal | None = None,
                 extra={"fields": {"params_b": [f"At most {limit}."]}},
             )
         values = {"kind": kind, "params_b": params_b, "provider": "",
-                  "input_nanos_per_mtok": None, "output_nanos_per_mtok": None}
+                  "input_nanos_per_mtok": None, "output_nanos_per_mtok": None,
+                  "nanos_per_image": None, "nanos_per_second": None,
+                  "nanos_per_request": None}
     else:
         values = {"kind": kind, "params_b": None, "provider": provider,
                   "input_nanos_per_mtok": input_nanos_per_mtok,
-                  "output_nanos_per_mtok": output_nanos_per_mtok}
+                  "output_nanos_per_mtok": output_nanos_per_mtok,
+                  "nanos_per_image": nanos_per_image, "nanos_per_second": nanos_per_second,
+                  "nanos_per_request": nanos_per_request}
     model, created = InferenceModel.objects.update_or_create(
         id=model_id, defaults={**values, "updated_at": now}, create_defaults={
             **values, "created_at": now, "updated_at": now})

@@ -17,6 +17,7 @@ from billing.credit import account_tier_refresh, credit_lots_expire
 from config.lookups import get_or_raise
 from metering.errors import HoldClosed, HoldNotFound
 from metering.models import Hold
+from ratelimits.key_limits import key_spend_move
 
 
 def hold_id_parse(hold_id) -> UUID:
@@ -37,13 +38,21 @@ def holds_expire_locked(*, account: Account, now: datetime) -> int:
     # (not expired); one that comes after waits, then finds the hold expired (409).
     lapsed = list(Hold.objects.select_for_update()
                   .filter(account=account, status=Hold.Status.OPEN, lease_expires_at__lte=now)
-                  .values_list("id", "reserved_nanos", "weight"))
+                  .values_list("id", "reserved_nanos", "weight", "api_key_id",
+                               "spend_period_start"))
     if not lapsed:
         return 0
-    Hold.objects.filter(id__in=[hold_id for hold_id, _, _ in lapsed]).update(
+    Hold.objects.filter(id__in=[hold_id for hold_id, *_ in lapsed]).update(
         status=Hold.Status.EXPIRED, closed_at=now)
-    held = sum(reserved for _, reserved, _ in lapsed)
-    slots = sum(weight for _, _, weight in lapsed)
+    held = sum(reserved for _, reserved, *_ in lapsed)
+    slots = sum(weight for _, _, weight, *_ in lapsed)
+    # Each key's reservation goes back to the period it was taken from.
+    given_back: dict[tuple, int] = {}
+    for _, reserved, _, key_id, period in lapsed:
+        if period is not None:
+            given_back[key_id, period] = given_back.get((key_id, period), 0) + reserved
+    for (key_id, period), reserved in sorted(given_back.items()):
+        key_spend_move(key_id=key_id, period_start_at=period, delta_nanos=-reserved)
     Account.objects.filter(id=account.id).update(held_nanos=F("held_nanos") - held,
                                                  slots_in_use=F("slots_in_use") - slots)
     account.held_nanos -= held
@@ -109,6 +118,8 @@ def hold_release(*, hold_id, now: datetime | None = None) -> HoldReleased:
                 Account.objects.filter(id=hold.account_id).update(
                     held_nanos=F("held_nanos") - hold.reserved_nanos,
                     slots_in_use=F("slots_in_use") - hold.weight)
+                key_spend_move(key_id=hold.api_key_id, period_start_at=hold.spend_period_start,
+                               delta_nanos=-hold.reserved_nanos)
     return HoldReleased(hold_id=hold.id)
 
 

@@ -45,6 +45,16 @@ class InferenceModel(models.Model):
     output_nanos_per_mtok = models.BigIntegerField(null=True, blank=True,
                                                    help_text="Closed models: nano-dollars "
                                                    "per million output tokens.")
+    # Closed models priced per unit (any of them, besides or instead of tokens).
+    nanos_per_image = models.BigIntegerField(null=True, blank=True,
+                                             help_text="Closed models: nano-dollars per "
+                                             "image.")
+    nanos_per_second = models.BigIntegerField(null=True, blank=True,
+                                              help_text="Closed models: nano-dollars per "
+                                              "second (video, audio, compute).")
+    nanos_per_request = models.BigIntegerField(null=True, blank=True,
+                                               help_text="Closed models: nano-dollars per "
+                                               "request.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -56,12 +66,24 @@ class InferenceModel(models.Model):
                 condition=(models.Q(kind="open", params_b__gt=0) | models.Q(kind="closed")),
             ),
             models.CheckConstraint(
-                name="model_closed_has_prices",
+                name="model_closed_has_a_price",
                 condition=(
                     models.Q(kind="open")
                     | models.Q(kind="closed", input_nanos_per_mtok__gte=0,
                                output_nanos_per_mtok__gte=0)
+                    | models.Q(kind="closed", input_nanos_per_mtok__isnull=True,
+                               output_nanos_per_mtok__isnull=True)
+                    & (models.Q(nanos_per_image__gte=0) | models.Q(nanos_per_second__gte=0)
+                       | models.Q(nanos_per_request__gte=0))
                 ),
+            ),
+            models.CheckConstraint(
+                name="model_unit_prices_non_negative",
+                condition=(models.Q(nanos_per_image__isnull=True)
+                           | models.Q(nanos_per_image__gte=0))
+                & (models.Q(nanos_per_second__isnull=True) | models.Q(nanos_per_second__gte=0))
+                & (models.Q(nanos_per_request__isnull=True)
+                   | models.Q(nanos_per_request__gte=0)),
             ),
         ]
 
@@ -83,6 +105,12 @@ class PricingPolicy(models.Model):
         "estimate.")
     default_estimate_input_tokens = models.PositiveIntegerField(default=1_000)
     default_estimate_output_tokens = models.PositiveIntegerField(default=1_000)
+    default_estimate_images = models.PositiveIntegerField(
+        default=1, help_text="Closed models priced per image: images reserved when the "
+        "gateway sends no estimate.")
+    default_estimate_requests = models.PositiveIntegerField(
+        default=1, help_text="Closed models priced per request: requests reserved when "
+        "the gateway sends no estimate. (Per second: the seconds above.)")
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -123,10 +151,17 @@ class Hold(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     reserved_nanos = models.BigIntegerField()
     weight = models.IntegerField(help_text="Concurrency slots the run takes.")
-    # Price snapshot.
-    nanos_per_second = models.BigIntegerField(default=0)
-    input_nanos_per_mtok = models.BigIntegerField(default=0)
-    output_nanos_per_mtok = models.BigIntegerField(default=0)
+    # Price snapshot. Closed models: a unit with no price is NULL (settling by it is
+    # refused); nanos_per_second is the size class's rate for open models and the
+    # model's price per second for closed ones.
+    nanos_per_second = models.BigIntegerField(default=0, null=True)
+    input_nanos_per_mtok = models.BigIntegerField(default=0, null=True)
+    output_nanos_per_mtok = models.BigIntegerField(default=0, null=True)
+    nanos_per_image = models.BigIntegerField(null=True, blank=True)
+    nanos_per_request = models.BigIntegerField(null=True, blank=True)
+    # The start of the key's spend-limit period the run counts in (NULL: the key had no
+    # limit when the run was authorized; ratelimits/key_limits.py).
+    spend_period_start = models.DateTimeField(null=True, blank=True)
     platform_fee_ppm = models.IntegerField(default=0)
     byok_fee_nanos = models.BigIntegerField(default=0)
 
@@ -177,6 +212,9 @@ class UsageRecord(models.Model):
     input_tokens = models.BigIntegerField(null=True)
     output_tokens = models.BigIntegerField(null=True)
     provider_cost_nanos = models.BigIntegerField(null=True)
+    # Closed models priced per unit: which unit the run was settled by, and how many.
+    unit = models.CharField(max_length=8, blank=True, default="")
+    units = models.DecimalField(max_digits=24, decimal_places=9, null=True)
     charged_nanos = models.BigIntegerField()
     # Part of the charge the credit could not cover (owed, recovered from new credit).
     unpaid_nanos = models.BigIntegerField(default=0)

@@ -39,3 +39,9 @@ def token_cost(*, input_tokens: int, output_tokens: int, input_nanos_per_mtok: i
                output_nanos_per_mtok: int) -> Fraction:
     return Fraction(input_tokens * input_nanos_per_mtok + output_tokens * output_nanos_per_mtok,
                     MILLION)
+
+
+def unit_cost(*, units: Decimal | int, nanos_per_unit: int) -> Fraction:
+    """Closed models priced per image, per second (exact, never rounded up to whole
+    seconds) or per request: the provider's cost of `units`, exactly."""
+    return Fraction(Decimal(units)) * nanos_per_unit

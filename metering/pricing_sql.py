@@ -20,6 +20,13 @@ RETURNS numeric LANGUAGE sql IMMUTABLE STRICT AS $fn$
            + p_output_tokens::numeric * p_output_nanos_per_mtok
 $fn$;
 
+CREATE OR REPLACE FUNCTION metering_unit_cost_micro(p_units numeric,
+    p_nanos_per_unit bigint)
+RETURNS numeric LANGUAGE sql IMMUTABLE STRICT AS $fn$
+    -- pricing.unit_cost, times a million: images, seconds (exact) or requests.
+    SELECT p_units * p_nanos_per_unit * 1000000
+$fn$;
+
 CREATE OR REPLACE FUNCTION metering_closed_charge(p_cost_micro numeric, p_fee_ppm bigint,
     OUT total_nanos bigint, OUT provider_cost_nanos bigint)
 LANGUAGE sql IMMUTABLE STRICT AS $fn$
@@ -33,6 +40,7 @@ $fn$;
 
 DROP = """
 DROP FUNCTION IF EXISTS metering_closed_charge;
+DROP FUNCTION IF EXISTS metering_unit_cost_micro;
 DROP FUNCTION IF EXISTS metering_token_cost_micro;
 DROP FUNCTION IF EXISTS metering_billed_seconds;
 """

@@ -14,7 +14,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.locks import account_lock
-from accounts.models import Account
+from accounts.models import Account, ApiKey
 from billing.credit import account_balance_apply, credit_consume
 from billing.ledger import Book, Leg, ledger_post
 from billing.ledger import Kind as LedgerKind
@@ -29,7 +29,11 @@ from metering.pricing import (
     closed_charge_from_cost,
     open_charge,
     token_cost,
+    unit_cost,
 )
+from metering.units import UsageKindsMixed, unit_not_priced, usage_kinds_refusal
+from ratelimits.key_limit_notices import key_spend_notices_record
+from ratelimits.key_limits import key_spend_move, key_spent_nanos
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,19 @@ class Usage:
     input_tokens: int | None = None
     output_tokens: int | None = None
     provider_cost_nanos: int | None = None
+    # Closed models priced per unit (metering/units.py).
+    images: int | None = None
+    seconds: Decimal | None = None
+    requests: int | None = None
+
+    def kinds_refusal(self) -> UsageKindsMixed | None:
+        """A report of more than one kind of usage is refused, whatever the model."""
+        present = {name for name in ("inference_seconds", "load_seconds", "input_tokens",
+                                     "output_tokens", "images", "seconds", "requests")
+                   if getattr(self, name) is not None}
+        if self.provider_cost_nanos is not None:
+            present.add("provider_cost_usd")
+        return usage_kinds_refusal(present=present)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,8 @@ class Charge:
     billed_seconds: int | None
     provider_cost_nanos: int | None
     revenue: tuple[Leg, ...]  # where the money goes (one or two legs)
+    unit: str = ""
+    units: Decimal | None = None
 
 
 def _needs_seconds() -> UsageMismatch:
@@ -58,7 +77,15 @@ def _needs_seconds() -> UsageMismatch:
 
 def _needs_cost() -> UsageMismatch:
     return UsageMismatch(extra={"fields": {"provider_cost_usd": [
-        "Send input_tokens and output_tokens, or provider_cost_usd."]}})
+        "Send input_tokens and output_tokens, images, seconds, requests, or "
+        "provider_cost_usd."]}})
+
+
+# The settle on PostgreSQL names the unit it has no price for in its outcome.
+NO_PRICE_OUTCOMES = {"no_price_tokens": ("tokens", "input_tokens"),
+                     "no_price_images": ("images", "images"),
+                     "no_price_seconds": ("seconds", "seconds"),
+                     "no_price_requests": ("requests", "requests")}
 
 
 def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
@@ -73,18 +100,29 @@ def _charge_for(*, hold: Hold, usage: Usage) -> Charge:
     if hold.byok:
         fee = hold.byok_fee_nanos
         return Charge(fee, None, None, (Leg(Book.BYOK_FEE, fee, account_id),))
+    unit, units = "", None
+    unit_prices = {"images": hold.nanos_per_image, "seconds": hold.nanos_per_second,
+                   "requests": hold.nanos_per_request}
     if usage.provider_cost_nanos is not None:
         cost = Fraction(usage.provider_cost_nanos)
     elif usage.input_tokens is not None and usage.output_tokens is not None:
+        if hold.input_nanos_per_mtok is None:
+            raise unit_not_priced(unit="tokens", field="input_tokens")
         cost = token_cost(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                           input_nanos_per_mtok=hold.input_nanos_per_mtok,
                           output_nanos_per_mtok=hold.output_nanos_per_mtok)
     else:
-        raise _needs_cost()
+        unit = next((name for name in unit_prices if getattr(usage, name) is not None), "")
+        if not unit:
+            raise _needs_cost()
+        if unit_prices[unit] is None:
+            raise unit_not_priced(unit=unit, field=unit)
+        units = Decimal(getattr(usage, unit))
+        cost = unit_cost(units=units, nanos_per_unit=unit_prices[unit])
     charge = closed_charge_from_cost(provider_cost=cost, fee_ppm=hold.platform_fee_ppm)
     return Charge(charge.total_nanos, None, charge.provider_cost_nanos,
                   (Leg(Book.PROVIDER_PASSTHROUGH, charge.provider_cost_nanos, account_id),
-                   Leg(Book.PLATFORM_FEE, charge.fee_nanos, account_id)))
+                   Leg(Book.PLATFORM_FEE, charge.fee_nanos, account_id)), unit, units)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +161,9 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> Settle
     first result and charges nothing more."""
     now = now or timezone.now()
     hold_uuid = hold_id_parse(hold_id)
+    refusal = usage.kinds_refusal()
+    if refusal is not None:
+        raise refusal
     if sql.is_postgresql():
         return _hold_settle_postgresql(hold_id=hold_uuid, usage=usage, now=now)
     return _hold_settle_portable(hold_id=hold_uuid, usage=usage, now=now)
@@ -131,12 +172,19 @@ def hold_settle(*, hold_id, usage: Usage, now: datetime | None = None) -> Settle
 def _hold_settle_postgresql(*, hold_id: UUID, usage: Usage, now: datetime) -> Settlement:
     """One statement: the database function metering_settle locks the account, decides,
     prices and writes (metering/settle_sql.py holds it)."""
+    unit = next((name for name in ("images", "seconds", "requests")
+                 if getattr(usage, name) is not None), None)
     (outcome, hold_status, charged, billed_seconds, unpaid, balance_after, available_after,
-     low_balance_event_id) = sql.settle_postgresql(
-        hold_id=hold_id, now=now, late_window=settings.LATE_SETTLE_WINDOW,
-        inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
-        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        provider_cost_nanos=usage.provider_cost_nanos)
+     low_balance_event_id, key_id, spend_period_start, key_spent, key_limit) = \
+        sql.settle_postgresql(
+            hold_id=hold_id, now=now, late_window=settings.LATE_SETTLE_WINDOW,
+            inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            provider_cost_nanos=usage.provider_cost_nanos, unit=unit,
+            units=None if unit is None else Decimal(getattr(usage, unit)))
+    if outcome in NO_PRICE_OUTCOMES:
+        unit_name, field = NO_PRICE_OUTCOMES[outcome]
+        raise unit_not_priced(unit=unit_name, field=field)
     if outcome == "not_found":
         raise HoldNotFound()
     if outcome == "closed":
@@ -149,6 +197,9 @@ def _hold_settle_postgresql(*, hold_id: UUID, usage: Usage, now: datetime) -> Se
         # Committed already, unless a caller's transaction encloses this one.
         transaction.on_commit(partial(low_balance_event_dispatch,
                                       event_id=low_balance_event_id))
+    if key_limit is not None:
+        key_spend_notices_record(key_id=key_id, period_start_at=spend_period_start,
+                                 spent_nanos=key_spent, limit_nanos=key_limit, now=now)
     return Settlement(hold_id, charged, billed_seconds, unpaid, balance_after, available_after)
 
 
@@ -194,6 +245,9 @@ def _hold_settle_portable(*, hold_id: UUID, usage: Usage, now: datetime) -> Sett
     Account.objects.filter(id=account.id).update(
         held_nanos=F("held_nanos") - release_held,
         slots_in_use=F("slots_in_use") - release_slots)
+    # The key's spend: the charge replaces the reservation, in the authorize's period.
+    key_spend_move(key_id=hold.api_key_id, period_start_at=hold.spend_period_start,
+                   delta_nanos=charge.total_nanos - release_held)
     balance_before = account.balance_nanos
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos,
                           receivable_delta=consumed.shortfall_nanos)
@@ -203,10 +257,20 @@ def _hold_settle_portable(*, hold_id: UUID, usage: Usage, now: datetime) -> Sett
         inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
         billed_seconds=charge.billed_seconds, input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens, provider_cost_nanos=charge.provider_cost_nanos,
+        unit=charge.unit, units=charge.units,
         charged_nanos=charge.total_nanos, unpaid_nanos=consumed.shortfall_nanos,
         created_at=now)
     # The crossing is recorded here, and auto-reload told once this transaction commits.
     low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
+    if hold.spend_period_start is not None:
+        limit = ApiKey.objects.filter(id=hold.api_key_id).values_list(
+            "spend_limit_nanos", flat=True).get()
+        if limit is not None:
+            key_spend_notices_record(
+                key_id=hold.api_key_id, period_start_at=hold.spend_period_start,
+                spent_nanos=key_spent_nanos(key_id=hold.api_key_id,
+                                            period_start_at=hold.spend_period_start),
+                limit_nanos=limit, now=now)
     return settlement
 
 

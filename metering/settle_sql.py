@@ -4,7 +4,8 @@ round trip, and the account's row lock is held only while the server works.
 Its Python twin is metering/settle.py's _hold_settle_portable (the ORM path, for SQLite's
 first-look mode); tests/metering/test_settle_paths.py runs both on the same scenarios and
 compares every figure. The price inside it is metering/pricing_sql.py's. Migrations
-create it from this text (metering/0006, replaced by later ones when it changes)."""
+create it from this text (metering/0006, replaced by later ones when it changes:
+metering/0009 when it took units and key spend limits)."""
 
 CREATE = r"""
 CREATE OR REPLACE FUNCTION metering_settle(
@@ -16,15 +17,23 @@ CREATE OR REPLACE FUNCTION metering_settle(
     p_input_tokens bigint,
     p_output_tokens bigint,
     p_provider_cost_nanos bigint,
-    p_far_future timestamptz
+    p_far_future timestamptz,
+    p_unit text,
+    p_units numeric
 ) RETURNS TABLE (out_outcome text, out_hold_status text, out_charged_nanos bigint,
                  out_billed_seconds bigint, out_unpaid_nanos bigint,
                  out_balance_after_nanos bigint, out_available_after_nanos bigint,
-                 out_low_balance_event_id bigint)
+                 out_low_balance_event_id bigint, out_key_id uuid,
+                 out_spend_period_start timestamptz, out_key_spent_nanos bigint,
+                 out_key_limit_nanos bigint)
 LANGUAGE plpgsql AS $fn$
 -- out_outcome: 'settled' (now, or earlier: the stored answer is returned), 'not_found',
 -- 'closed' (released, or expired past the late-settle window; out_hold_status says
--- which), 'needs_seconds' / 'needs_cost' (the usage does not fit the hold's model).
+-- which), 'needs_seconds' / 'needs_cost' (the usage does not fit the hold's model),
+-- 'no_price_<unit>' (the hold's model has no price for the unit reported: p_unit is
+-- 'images', 'seconds' or 'requests', with p_units of it, for closed models).
+-- out_key_*: the key's spend in the run's period after the settle, and its limit, when
+-- the run counts against a spend limit (ratelimits/key_limits.py; else NULL).
 DECLARE
     v_hold metering_hold%ROWTYPE;
     v_account_id uuid;
@@ -39,11 +48,14 @@ DECLARE
     v_release_held bigint := 0;
     v_release_slots integer := 0;
     v_memo text;
+    v_unit_price bigint;
+    v_key_limit bigint;
 BEGIN
     SELECT account_id INTO v_account_id FROM metering_hold WHERE id = p_hold_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'not_found'::text, NULL::text, NULL::bigint, NULL::bigint,
-            NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint;
+            NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::uuid,
+            NULL::timestamptz, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     -- Lock the account first: every write to its lots, holds and balance takes this
@@ -54,7 +66,8 @@ BEGIN
     IF v_hold.status = 'settled' THEN
         RETURN QUERY SELECT 'settled'::text, v_hold.status::text, v_hold.charged_nanos,
             v_hold.billed_seconds, v_hold.unpaid_nanos, v_hold.balance_after_nanos,
-            v_hold.available_after_nanos, NULL::bigint;
+            v_hold.available_after_nanos, NULL::bigint, NULL::uuid, NULL::timestamptz,
+            NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     IF v_hold.status = 'released'
@@ -63,7 +76,7 @@ BEGIN
         RETURN QUERY SELECT 'closed'::text,
             (CASE WHEN v_hold.status = 'open' THEN 'expired' ELSE v_hold.status END)::text,
             NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
-            NULL::bigint;
+            NULL::bigint, NULL::uuid, NULL::timestamptz, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
 
@@ -71,7 +84,8 @@ BEGIN
     IF v_hold.kind = 'open' THEN
         IF p_inference_seconds IS NULL THEN
             RETURN QUERY SELECT 'needs_seconds'::text, v_hold.status::text, NULL::bigint,
-                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint;
+                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::uuid, NULL::timestamptz, NULL::bigint, NULL::bigint;
             RETURN;
         END IF;
         v_billed_seconds := metering_billed_seconds(p_inference_seconds);
@@ -86,12 +100,30 @@ BEGIN
         IF p_provider_cost_nanos IS NOT NULL THEN
             v_cost := p_provider_cost_nanos::numeric * 1000000;
         ELSIF p_input_tokens IS NOT NULL AND p_output_tokens IS NOT NULL THEN
+            IF v_hold.input_nanos_per_mtok IS NULL THEN
+                RETURN QUERY SELECT 'no_price_tokens'::text, v_hold.status::text,
+                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                    NULL::bigint, NULL::uuid, NULL::timestamptz, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
             v_cost := metering_token_cost_micro(p_input_tokens, p_output_tokens,
                                                 v_hold.input_nanos_per_mtok,
                                                 v_hold.output_nanos_per_mtok);
+        ELSIF p_unit IS NOT NULL THEN
+            v_unit_price := CASE p_unit WHEN 'images' THEN v_hold.nanos_per_image
+                                        WHEN 'seconds' THEN v_hold.nanos_per_second
+                                        WHEN 'requests' THEN v_hold.nanos_per_request END;
+            IF v_unit_price IS NULL THEN
+                RETURN QUERY SELECT ('no_price_' || p_unit)::text, v_hold.status::text,
+                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                    NULL::bigint, NULL::uuid, NULL::timestamptz, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+            v_cost := metering_unit_cost_micro(p_units, v_unit_price);
         ELSE
             RETURN QUERY SELECT 'needs_cost'::text, v_hold.status::text, NULL::bigint,
-                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint;
+                NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint,
+                NULL::uuid, NULL::timestamptz, NULL::bigint, NULL::bigint;
             RETURN;
         END IF;
         SELECT charge.total_nanos, charge.provider_cost_nanos INTO v_charge, v_passthrough
@@ -108,6 +140,11 @@ BEGIN
         v_release_slots := v_hold.weight;
     END IF;
     v_memo := left(v_hold.model_id || ' run ' || v_hold.request_id, 255);
+    IF v_hold.spend_period_start IS NOT NULL THEN
+        -- Read under the account lock, which a change of the limit takes too.
+        SELECT spend_limit_nanos INTO v_key_limit FROM accounts_apikey
+         WHERE id = v_hold.api_key_id;
+    END IF;
 
     RETURN QUERY
     WITH acct_now AS (
@@ -186,13 +223,26 @@ BEGIN
     usage AS (
         INSERT INTO metering_usagerecord (hold_id, account_id, api_key_id, model_id, kind, byok,
             inference_seconds, load_seconds, billed_seconds, input_tokens, output_tokens,
-            provider_cost_nanos, charged_nanos, unpaid_nanos, created_at)
+            provider_cost_nanos, unit, units, charged_nanos, unpaid_nanos, created_at)
         SELECT p_hold_id, v_account_id, v_hold.api_key_id, v_hold.model_id, v_hold.kind,
                v_hold.byok,
                p_inference_seconds, p_load_seconds, v_billed_seconds, p_input_tokens,
-               p_output_tokens, v_passthrough, v_charge, hold_upd.unpaid_nanos,
-               p_now
+               p_output_tokens, v_passthrough,
+               CASE WHEN v_unit_price IS NULL THEN '' ELSE p_unit END,
+               CASE WHEN v_unit_price IS NULL THEN NULL ELSE p_units END,
+               v_charge, hold_upd.unpaid_nanos, p_now
           FROM hold_upd
+    ),
+    key_spend AS (
+        -- The key's spend (ratelimits/key_limits.py, whose key_spend_move is the
+        -- portable twin): the charge replaces the reservation, in the authorize's period.
+        UPDATE ratelimits_keyspend s
+           SET spent_nanos = s.spent_nanos + v_charge - v_release_held
+          FROM hold_upd
+         WHERE v_hold.spend_period_start IS NOT NULL
+           AND s.api_key_id = v_hold.api_key_id
+           AND s.period_start = v_hold.spend_period_start
+        RETURNING s.spent_nanos
     ),
     low_balance AS (
         -- The charge took the balance from at or above the auto-reload threshold to below
@@ -209,10 +259,16 @@ BEGIN
     )
     SELECT 'settled'::text, 'settled'::text, v_charge, v_billed_seconds,
            hold_upd.unpaid_nanos, hold_upd.balance_after_nanos,
-           hold_upd.available_after_nanos, (SELECT id FROM low_balance)
+           hold_upd.available_after_nanos, (SELECT id FROM low_balance),
+           v_hold.api_key_id, v_hold.spend_period_start,
+           (SELECT spent_nanos FROM key_spend), v_key_limit
       FROM hold_upd;
 END
 $fn$;
 """
 
 DROP = "DROP FUNCTION IF EXISTS metering_settle"
+
+# The function before it took p_unit and p_units (metering/0006 to 0008).
+DROP_BEFORE_UNITS = ("DROP FUNCTION IF EXISTS metering_settle(uuid, timestamptz, interval, "
+                     "numeric, numeric, bigint, bigint, bigint, timestamptz)")

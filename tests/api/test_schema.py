@@ -24,11 +24,14 @@ REQUEST_FIELDS = {
     ("/internal/v1/accounts", "post"): {"email"},
     ("/internal/v1/accounts/{account_id}", "patch"): {"status", "reason"},
     ("/internal/v1/accounts/{account_id}/purchases", "post"): {"amount_usd", "reference"},
-    ("/internal/v1/accounts/{account_id}/api-keys", "post"): {"name", "expires_at"},
+    ("/internal/v1/accounts/{account_id}/api-keys", "post"): {
+        "name", "expires_at", "spend_limit_usd", "spend_limit_period"},
     ("/internal/v1/accounts/{account_id}/grants", "post"): {"amount_usd", "reason",
                                                              "expires_at"},
     ("/internal/v1/models/{model_id}", "put"): {"kind", "params_b", "provider",
-                                                "input_usd_per_mtok", "output_usd_per_mtok"},
+                                                "input_usd_per_mtok", "output_usd_per_mtok",
+                                                "usd_per_image", "usd_per_second",
+                                                "usd_per_request"},
 }
 
 

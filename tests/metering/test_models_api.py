@@ -60,7 +60,8 @@ def test_a_closed_model_is_stored_with_its_prices(api):
     body = response.json()
     assert {k: v for k, v in body.items() if k != "updated_at"} == {
         "id": "openai/gpt-4o", "kind": "closed", "provider": "openai",
-        "input_usd_per_mtok": "2.500000000", "output_usd_per_mtok": "10.000000000"}
+        "input_usd_per_mtok": "2.500000000", "output_usd_per_mtok": "10.000000000",
+        "usd_per_image": None, "usd_per_second": None, "usd_per_request": None}
     model = InferenceModel.objects.get(id="openai/gpt-4o")
     assert (model.input_nanos_per_mtok, model.output_nanos_per_mtok) == (
         2_500_000_000, 10_000_000_000)

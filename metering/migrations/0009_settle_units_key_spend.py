@@ -1,0 +1,23 @@
+"""metering_settle takes closed models' units (images, seconds, requests) and keeps the
+key spend counters (ratelimits/key_limits.py); its row type grows, so the old function is
+dropped first. Both texts come from metering/pricing_sql.py and metering/settle_sql.py."""
+
+from django.db import migrations
+
+from metering import pricing_sql, settle_sql
+
+
+def forward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(settle_sql.DROP_BEFORE_UNITS, params=None)
+        schema_editor.execute(pricing_sql.CREATE, params=None)
+        schema_editor.execute(settle_sql.CREATE, params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("metering", "0008_unit_prices_key_spend"),
+        ("ratelimits", "0003_key_spend"),
+        ("accounts", "0005_apikey_spend_limit"),
+    ]
+    operations = [migrations.RunPython(forward, migrations.RunPython.noop)]
