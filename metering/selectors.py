@@ -8,7 +8,9 @@ from accounts.models import Account
 from accounts.services import account_get
 from billing.selectors import ledger_discrepancies
 from metering.holds import account_bring_current
+from metering.key_limits import HOLD_SPEND
 from metering.models import Hold, InferenceModel, PricingPolicy, SizeClass
+from ratelimits.models import KeySpend
 
 
 def size_class_for(*, params_b: Decimal) -> SizeClass | None:
@@ -53,7 +55,25 @@ def hold_discrepancies():
                    f"{row['held']} / {row['slots']}")
 
 
+def key_spend_discrepancies():
+    """Each key's spend counter (ratelimits/key_limits.py) against its holds: per key and
+    period, the reservations of open holds plus the charges of settled ones."""
+    counted = {
+        (row["api_key_id"], row["spend_period_start"]): row["spent"]
+        for row in Hold.objects.filter(spend_period_start__isnull=False)
+        .values("api_key_id", "spend_period_start").annotate(spent=Sum(HOLD_SPEND))
+    }
+    counters = {(key_id, start): spent for key_id, start, spent in
+                KeySpend.objects.values_list("api_key_id", "period_start", "spent_nanos")}
+    for key_period in sorted(counted.keys() | counters.keys(), key=str):
+        if counters.get(key_period) != counted.get(key_period, 0):
+            key_id, start = key_period
+            yield (f"api key {key_id} from {start:%Y-%m-%d %H:%M}: spend counter "
+                   f"{counters.get(key_period)}, its holds {counted.get(key_period, 0)}")
+
+
 def books_discrepancies() -> list[str]:
-    """Everything `ledger_check` verifies: the ledger, lots and balances (billing's), and
-    the run path's held money and slots against its open holds. Empty: the books agree."""
-    return [*ledger_discrepancies(), *hold_discrepancies()]
+    """Everything `ledger_check` verifies: the ledger, lots and balances (billing's), the
+    run path's held money and slots against its open holds, and the API keys' spend
+    counters against their holds. Empty: the books agree."""
+    return [*ledger_discrepancies(), *hold_discrepancies(), *key_spend_discrepancies()]
