@@ -26,7 +26,9 @@ from metering.settle import Settlement, Usage, hold_settle
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
-MAX_UNIT_PRICE_NANOS = 10**4 * 10**9  # $10,000 per image, second or request
+# $1,000 per image, second or request: a charge of the most units the API takes stays
+# within a bigint (10**6 units, or 30 days of seconds, at a fee of up to 100%).
+MAX_UNIT_PRICE_NANOS = 10**3 * 10**9
 UNIT_PRICE_FIELDS = ("usd_per_image", "usd_per_second", "usd_per_request")
 
 

@@ -36,6 +36,9 @@ MODEL_35B = "test/open-35b"
 MODEL_70B = "test/open-70b"
 MODEL_CLOSED = "test/closed-gpt"  # $2.50 in, $10.00 out per million tokens
 MODEL_CLOSED_CHEAP = "test/closed-mini"  # $0.15 in, $0.60 out per million tokens
+MODEL_IMAGES = "test/closed-images"  # $0.04 per image
+MODEL_VIDEO = "test/closed-video"  # $0.10 per second
+MODEL_REQUEST = "test/closed-search"  # $0.006 per request
 
 # Enough simultaneous PostgreSQL connections to race for real, few enough to share the
 # server (max_connections is usually 100) with other work. A server with room for more
@@ -56,6 +59,16 @@ def models_ensure() -> None:
     model_upsert(model_id=MODEL_CLOSED_CHEAP, kind=InferenceModel.Kind.CLOSED,
                  provider="openai", input_nanos_per_mtok=150_000_000,
                  output_nanos_per_mtok=600_000_000)
+    catalog_caches_clear()
+
+
+def unit_models_ensure() -> None:
+    """Closed models priced per unit (the contract's examples' prices; idempotent)."""
+    for model_id, prices in ((MODEL_IMAGES, {"nanos_per_image": 40_000_000}),
+                             (MODEL_VIDEO, {"nanos_per_second": 100_000_000}),
+                             (MODEL_REQUEST, {"nanos_per_request": 6_000_000})):
+        model_upsert(model_id=model_id, kind=InferenceModel.Kind.CLOSED, provider="acme",
+                     **prices)
     catalog_caches_clear()
 
 

@@ -147,7 +147,7 @@ def test_a_storm_of_authorize_settle_release_and_expiry_keeps_every_key_counter_
         for step in range(steps):
             action = rng.random()
             if action < 0.5 or not mine:
-                key_id, secret = rng.choice(keys)
+                _key_id, secret = rng.choice(keys)
                 try:
                     authorization = hold_authorize(
                         api_key=secret, model_id=MODEL_7B, request_id=f"storm-{i}-{step}",

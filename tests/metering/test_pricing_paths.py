@@ -14,6 +14,7 @@ from metering.pricing import (
     billed_seconds_for,
     closed_charge_from_cost,
     token_cost,
+    unit_cost,
 )
 
 pytestmark = pytest.mark.django_db
@@ -93,3 +94,47 @@ def test_every_started_second_is_billed_in_both(seconds, billed):
     with connection.cursor() as cursor:
         cursor.execute("SELECT metering_billed_seconds(%s::numeric)", [seconds])
         assert cursor.fetchone()[0] == billed
+
+
+def sql_unit_charge(units: str, nanos_per_unit: int, fee_ppm: int) -> tuple[int, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT total_nanos, provider_cost_nanos FROM metering_closed_charge("
+                       "metering_unit_cost_micro(%s::numeric, %s::bigint), %s::bigint)",
+                       [units, nanos_per_unit, fee_ppm])
+        return cursor.fetchone()
+
+
+def python_unit_charge(units: str, nanos_per_unit: int, fee_ppm: int) -> tuple[int, int]:
+    charge = closed_charge_from_cost(
+        provider_cost=unit_cost(units=Decimal(units), nanos_per_unit=nanos_per_unit),
+        fee_ppm=fee_ppm)
+    return charge.total_nanos, charge.provider_cost_nanos
+
+
+@pytest.mark.parametrize(("units", "nanos_per_unit", "fee_ppm", "expected"), [
+    # The contract's examples: 3 images at $0.04, 5.5 s at $0.10, 1 request at $0.006.
+    ("3", 40_000_000, 20_000, (122_400_000, 120_000_000)),
+    ("5.5", 100_000_000, 20_000, (561_000_000, 550_000_000)),
+    ("1", 6_000_000, 20_000, (6_120_000, 6_000_000)),
+    # Seconds are exact, not rounded up: 0.001 s at 1 nano/s is a thousandth of a nano.
+    ("0.001", 1, 20_000, (0, 0)),
+    # Half a nano in all rounds up; just under rounds down (once, after the fee).
+    ("25", 1, 20_000, (26, 25)),
+    ("0.49", 1, 20_000, (0, 0)),
+    ("0.490197", 1, 20_000, (1, 0)),
+    # The largest the API takes: a million units at $1,000 each, at a 100% fee.
+    ("1000000", 10**12, 10**6, (2 * 10**18, 10**18)),
+])
+def test_unit_charges_round_once_half_up_in_both(units, nanos_per_unit, fee_ppm, expected):
+    assert python_unit_charge(units, nanos_per_unit, fee_ppm) == expected
+    assert sql_unit_charge(units, nanos_per_unit, fee_ppm) == expected
+
+
+def test_python_and_sql_agree_on_thousands_of_random_unit_charges():
+    rng = random.Random(20261201)
+    for _ in range(1_000):
+        units = str(Decimal(rng.randrange(0, 10**6)).scaleb(-rng.randrange(0, 10)))
+        nanos_per_unit = rng.randrange(0, 10**rng.randrange(1, 13))
+        fee_ppm = rng.choice([0, 1, 20_000, 33_333, 999_999])
+        assert sql_unit_charge(units, nanos_per_unit, fee_ppm) == \
+            python_unit_charge(units, nanos_per_unit, fee_ppm), (units, nanos_per_unit)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from accounts.models import Account
+from accounts.models import Account, ApiKey
 from billing.credit import credit_grant, purchase_record
 from billing.models import (
     CreditLot,
@@ -21,13 +21,19 @@ from metering import settle, sql
 from metering.apis import settlement_output
 from metering.authorize import hold_authorize
 from metering.holds import holds_expire
+from metering.key_limits import api_key_spend_limit_set
 from metering.models import Hold, UsageRecord
 from metering.settle import Usage, hold_settle
+from ratelimits.models import KeySpend
 from tests.runpath import (
     MODEL_7B,
     MODEL_CLOSED,
+    MODEL_IMAGES,
+    MODEL_REQUEST,
+    MODEL_VIDEO,
     USD,
     customer_create,
+    unit_models_ensure,
     utc,
 )
 
@@ -55,6 +61,11 @@ def scenario(settle) -> tuple[object, dict]:
     # Auto-reload on at $3: the settle that goes over the credit crosses it.
     Account.objects.filter(id=customer.account_id).update(
         auto_reload_threshold_nanos=3 * USD)
+    # The key has a spend limit: every settle moves its counter (and the last one takes
+    # it far above the limit: a settle above the reservation is charged in full).
+    api_key_spend_limit_set(account_id=customer.account_id, key_id=customer.key_id,
+                            limit_nanos=20 * USD, period="month", now=T0)
+    unit_models_ensure()
 
     def authorize(request_id, model=MODEL_7B, **options):
         return hold_authorize(api_key=customer.key, model_id=model,
@@ -65,6 +76,9 @@ def scenario(settle) -> tuple[object, dict]:
     for name in ("cost", "tokens"):
         holds[name] = authorize(name, MODEL_CLOSED)
     holds["byok"] = authorize("byok", MODEL_CLOSED, byok=True)
+    holds["images"] = authorize("images", MODEL_IMAGES, estimate_images=3)
+    holds["video"] = authorize("video", MODEL_VIDEO, estimate_seconds=Decimal(2))
+    holds["request"] = authorize("request", MODEL_REQUEST)
     results = {}
 
     def run(name, now, **usage):
@@ -90,6 +104,10 @@ def scenario(settle) -> tuple[object, dict]:
     # 23 hours after its lease, and then one run that costs more than all the credit.
     run("late", T0 + 23 * HOUR, inference_seconds=Decimal(120))
     run("over", T0 + 23 * HOUR + timedelta(seconds=1), inference_seconds=Decimal(500_000))
+    # Closed models priced per unit, settled late (swept at T0 + 1 h), owed in full.
+    run("images", T0 + 23 * HOUR + timedelta(seconds=2), images=3)
+    run("video", T0 + 23 * HOUR + timedelta(seconds=3), seconds=Decimal("5.5"))
+    run("request", T0 + 23 * HOUR + timedelta(seconds=4), requests=1)
     return customer.account_id, {name: {**result, "hold_id": None}
                                  for name, result in results.items()}
 
@@ -122,8 +140,11 @@ def state_of(account_id) -> dict:
              record.inference_seconds, record.load_seconds, record.billed_seconds,
              record.input_tokens, record.output_tokens, record.provider_cost_nanos,
              record.charged_nanos, record.unpaid_nanos, record.created_at,
-             record.api_key_id is not None)
+             record.api_key_id is not None, record.unit, record.units)
             for record in UsageRecord.objects.filter(account_id=account_id)),
+        "key_spend": sorted(
+            (row.period_start, row.spent_nanos) for row in KeySpend.objects.filter(
+                api_key_id__in=ApiKey.objects.filter(account_id=account_id).values("id"))),
         "low_balance_events": sorted(
             (event.threshold_nanos, event.balance_before_nanos, event.balance_after_nanos,
              event.created_at)
@@ -158,7 +179,14 @@ def test_the_postgresql_and_portable_settle_writers_have_identical_effects(monke
     assert fast_results["tokens"]["charged_usd"] == "0.008930100"
     assert fast_results["zero"]["charged_usd"] == fast_results["byok"]["charged_usd"] \
         == "0.000000000"
-    assert [kind for kind, *_ in fast["ledger"]].count("usage") == 7  # not the zero ones
+    assert fast_results["images"]["charged_usd"] == "0.122400000"
+    assert fast_results["video"]["charged_usd"] == "0.561000000"
+    assert fast_results["request"]["charged_usd"] == "0.006120000"
+    assert [kind for kind, *_ in fast["ledger"]].count("usage") == 10  # not the zero ones
+    # The key's counter is every charge of the month (nothing is open any more).
+    charges = sum(charged for _, status, _, _, charged, *_ in fast["holds"]
+                  if status == "settled")
+    assert fast["key_spend"] == [(utc(2030, 9, 1), charges)]
     # The promo lots, by expiry: the first partly spent, the second untouched, both
     # expired unrecorded; the third spent by the settles after the others expired.
     promo = [lot[2] for lot in fast["lots"] if lot[0] == "staff_grant"]
@@ -169,7 +197,8 @@ def test_the_postgresql_and_portable_settle_writers_have_identical_effects(monke
     over = 500_000 * 72_000
     live_before_over = (USD - 120 * 72_000) + 25 * USD
     assert fast_results["over"]["unpaid_usd"] == nanos_to_usd(over - live_before_over)
-    assert fast["account"]["receivable_nanos"] == over - live_before_over
+    units = 122_400_000 + 561_000_000 + 6_120_000
+    assert fast["account"]["receivable_nanos"] == over - live_before_over + units
     assert fast["account"]["balance_nanos"] == sum(promo)  # expired, not yet recorded
     assert fast_results["over"]["balance_usd"] == "0.000000000"
     assert (fast["account"]["held_nanos"], fast["account"]["slots_in_use"]) == (0, 0)
