@@ -98,6 +98,7 @@ class Context:
     accounts: list[provision.BenchAccount] = field(default_factory=list)
     step_no: int = 0
     redis_pid: int | None = None
+    key_spend_limit_usd: str | None = None  # the steps' keys carry this limit
 
     @property
     def api_keys(self) -> tuple[str, ...]:
@@ -190,7 +191,8 @@ def accounts_fresh(ctx: Context) -> None:
     """New accounts for the next step: a request the generator gave up on may still
     have reserved a slot, and must not take it from the next step."""
     client = provision.InternalClient(ctx.server.port, ctx.token)
-    ctx.accounts = [provision.account_provision(client, tag=f"{ctx.tag}-s{ctx.step_no}-{i}")
+    ctx.accounts = [provision.account_provision(client, tag=f"{ctx.tag}-s{ctx.step_no}-{i}",
+                                                spend_limit_usd=ctx.key_spend_limit_usd)
                     for i in range(ctx.args.accounts)]
 
 
@@ -299,6 +301,18 @@ def service_steps(ctx: Context) -> dict:
         steps["max"] = step(ctx, f"{name[scenario]} max", scenario=scenario,
                             duration=args.max_duration)
         service[key] = steps
+    # The same pairs with a key that has a spend limit: its authorize checks and counts
+    # the key's spend in the same statement (metering/sql.py, AUTHORIZE_LIMITED_PG).
+    ctx.key_spend_limit_usd = provision.KEY_SPEND_LIMIT_USD
+    try:
+        steps = {str(rate): step(ctx, f"pairs, key with a limit, at {rate} pairs/s",
+                                 scenario="pair", rate=rate, duration=args.duration)
+                 for rate in args.rates[:1]}
+        steps["max"] = step(ctx, "pairs, key with a limit, max", scenario="pair",
+                            duration=args.max_duration)
+        service["pairs_key_limit"] = steps
+    finally:
+        ctx.key_spend_limit_usd = None
     return service
 
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 BENCH_MODEL = "bench/open-7b"  # an open model in the smallest size class: 1 slot a run
 PURCHASE_USD = "1000.00"       # unlocks the $1,000 tier: 400 concurrent slots
+# The key of the "key with a spend limit" steps: a monthly limit far above what a run
+# spends, so that every authorize pays for the limit's check and none is refused by it.
+KEY_SPEND_LIMIT_USD = "100000.00"
 
 
 class ProvisionError(RuntimeError):
@@ -58,14 +61,18 @@ def model_ensure(client: InternalClient) -> None:
                   {"kind": "open", "params_b": 7}, (200,))
 
 
-def account_provision(client: InternalClient, *, tag: str) -> BenchAccount:
+def account_provision(client: InternalClient, *, tag: str,
+                      spend_limit_usd: str | None = None) -> BenchAccount:
     account = client.expect("POST", "/internal/v1/accounts",
                             {"email": f"bench-{tag}@example.com"}, (200, 201))
     account_id = account["account_id"]
     client.expect("POST", f"/internal/v1/accounts/{account_id}/purchases",
                   {"amount_usd": PURCHASE_USD, "reference": f"bench-{tag}"}, (200, 201))
-    key = client.expect("POST", f"/internal/v1/accounts/{account_id}/api-keys",
-                        {"name": f"bench {tag}"}, (201,))
+    key_body = {"name": f"bench {tag}"}
+    if spend_limit_usd is not None:
+        key_body.update(spend_limit_usd=spend_limit_usd, spend_limit_period="month")
+    key = client.expect("POST", f"/internal/v1/accounts/{account_id}/api-keys", key_body,
+                        (201,))
     detail = client.expect("GET", f"/internal/v1/accounts/{account_id}", None, (200,))
     return BenchAccount(account_id=account_id, api_key=key["key"],
                         tier_concurrency=detail["tier"]["concurrency"],

@@ -50,6 +50,13 @@ def ratios(results: dict, rates: list[int]) -> list[dict]:
         add(f"authorize alone p50 at {rates[0]}/s / psycopg UPDATE round trip p50",
             _get(service, "authorize", str(rates[0]), "authorize", "latency", "p50_ms"),
             _get(results, "baseline", "psycopg", "client_side_binding", "latency", "p50_ms"))
+        # What a key's spend limit costs: the same pairs, the key with a limit or without.
+        add(f"authorize p50 in pairs at {rates[0]} pairs/s, key with a spend limit / "
+            "without",
+            _get(service, "pairs_key_limit", str(rates[0]), "authorize", "latency", "p50_ms"),
+            _get(service, "pairs", str(rates[0]), "authorize", "latency", "p50_ms"))
+    limited_max = _get(service, "pairs_key_limit", "max", "pairs", "achieved_rate")
+    add("pairs max throughput, key with a spend limit / without", limited_max, pairs_max)
     return rows
 
 
@@ -167,18 +174,19 @@ def print_report(results: dict) -> None:
     if "skipped" in service:
         out(f"Service: skipped: {service['skipped']}")
     for kind, title in (("pairs", "authorize + settle pairs"), ("authorize", "authorize alone"),
-                        ("settle", "settle alone")):
+                        ("settle", "settle alone"),
+                        ("pairs_key_limit", "authorize + settle pairs, key with a spend limit")):
         steps = service.get(kind)
         if not steps:
             continue
-        unit = " pairs/s" if kind == "pairs" else "/s"
+        unit = " pairs/s" if kind.startswith("pairs") else "/s"
         out(f"Service: {title}  (one account: {results['config']['accounts'] == 1})")
         for key, step in steps.items():
             label = "max (closed loop)" if key == "max" else f"offered {key}{unit}"
             if "error" in step:
                 out(f"  {label:<34} failed: {step['error']}")
                 continue
-            if kind == "pairs":
+            if kind.startswith("pairs"):
                 out(step_line(label + " pair", step["pairs"], unit=unit))
                 out(step_line("    authorize", step["authorize"]))
                 out(step_line("    settle", step["settle"]))
