@@ -2,7 +2,10 @@
 
 Hypothesis drives grants, purchases, free grants, authorize, settle (within and above the
 reservation, above the balance), release, heartbeat, lease sweeps, lot expiry,
-suspension and clock moves, on two accounts. The clock is the machine's own variable,
+suspension and clock moves, on two accounts, each with a key without a spend limit and
+one with a limit (per UTC day on one account, per UTC month on the other), running open
+models, a closed model priced per token and closed models priced per image and per
+second. The clock is the machine's own variable,
 passed as `now=` to every service. Beside the database runs a small reference model of
 the product rules (lots spent soonest-expiring first, expired credit never spent, the
 tier from purchases in the last 28 days, leases, late settles, receivables recovered
@@ -14,6 +17,9 @@ from new credit); every step's answer is compared with it, and after every step:
 - customer credit == sum of lots' remaining == Account.balance_nanos;
 - the books equal the model's: revenue, expired credit, receivable, each lot;
 - held nanos and slots == the open holds; holds' statuses agree with the model;
+- each limited key's spend counter per period == its holds' reservations and charges, and
+  never above its limit except by the overrun of settles (a charge above what the hold
+  still reserved);
 - books_discrepancies() == [].
 
 Replay: the run is derandomized (the same examples every run); a failure prints the
@@ -47,7 +53,7 @@ from hypothesis.stateful import (
 )
 
 from accounts.models import Account
-from accounts.services import account_status_set
+from accounts.services import account_status_set, api_key_create
 from billing.credit import credit_grant, credit_lots_expire_due, free_grant_ensure, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, LedgerEntry, Purchase
@@ -65,14 +71,17 @@ from metering.holds import (
 from metering.models import Hold, UsageRecord
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
-from ratelimits.models import Tier
+from ratelimits.models import KeySpend, Tier
 from tests.runpath import (
     MODEL_7B,
     MODEL_35B,
     MODEL_70B,
     MODEL_CLOSED,
+    MODEL_IMAGES,
+    MODEL_VIDEO,
     USD,
     customer_create,
+    unit_models_ensure,
     utc,
 )
 
@@ -90,7 +99,10 @@ FEE = Fraction(102, 100)  # closed models: provider cost + 2%
 OPEN_MODELS = {MODEL_7B: (7, 72_000, 1), MODEL_35B: (35, 144_000, 2),
                MODEL_70B: (70, 216_000, 3)}
 CLOSED_PRICES = (2_500_000_000, 10 * USD)  # nanos per million input, output tokens
-MODELS = [*OPEN_MODELS, MODEL_CLOSED, "byok"]
+UNIT_PRICES = {MODEL_IMAGES: 40_000_000, MODEL_VIDEO: 100_000_000}  # per image, per second
+MODELS = [*OPEN_MODELS, MODEL_CLOSED, "byok", MODEL_IMAGES, MODEL_VIDEO]
+# The limited key of each account: its limit and period.
+KEY_LIMITS = ((100_000_000, "day"), (300_000_000, "month"))
 
 PROJECT_PACKAGES = ("config", "accounts", "billing", "metering", "ratelimits")
 INFLOW_BOOKS = (Book.STRIPE_CASH, Book.EXTERNAL_CASH, Book.PROMOTIONAL)
@@ -109,6 +121,11 @@ def half_up(value: Fraction) -> int:
 
 def closed_charge(cost: Fraction) -> int:
     return half_up(cost * FEE)
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
 
 
 def token_cost(input_tokens: int, output_tokens: int) -> Fraction:
@@ -139,6 +156,9 @@ class ModelHold:
     status: str = "open"  # open (possibly lapsed), settled, released
     charged: int | None = None
     result: dict | None = None
+    limited: bool = False  # run with the account's limited key
+    period_start: datetime | None = None  # the limit's period it counts in
+    overrun: int = 0  # what its settle charged above what it still reserved
 
     def lapsed(self, now: datetime) -> bool:
         return self.status == "open" and self.lease_expires_at <= now
@@ -157,6 +177,10 @@ class ModelAccount:
     money_in: int = 0
     revenue: int = 0
     free_cycles: set = field(default_factory=set)
+    limited_key: str = ""
+    limited_key_id: uuid.UUID | None = None
+    limit: int = 0
+    period: str = "day"
 
     def live(self, now) -> int:
         return sum(lot.remaining for lot in self.lots if lot.expires_at > now)
@@ -193,11 +217,17 @@ class RunPathMachine(RuleBasedStateMachine):
         self.tiers = list(Tier.objects.order_by("min_purchased_nanos").values_list(
             "min_purchased_nanos", "max_params_b", "concurrency"))
         self.accounts: list[ModelAccount] = []
-        for plan in ("free", "payg"):
+        unit_models_ensure()
+        for plan, (limit, period) in zip(("free", "payg"), KEY_LIMITS, strict=True):
             customer = customer_create(now=START, plan=None if plan == "free" else plan)
             (lot,) = CreditLot.objects.filter(account_id=customer.account_id)
+            limited, limited_key = api_key_create(
+                account_id=customer.account_id, name="limited", spend_limit_nanos=limit,
+                spend_limit_period=period, now=START)
             account = ModelAccount(id=customer.account_id, key=customer.key,
-                                   created_at=START, plan=plan, free_cycles={0})
+                                   created_at=START, plan=plan, free_cycles={0},
+                                   limited_key=limited_key, limited_key_id=limited.id,
+                                   limit=limit, period=period)
             account.lot_added(ModelLot(lot.id, FREE_GRANT, FREE_GRANT, START + LOT_LIFETIME),
                               START)
             self.accounts.append(account)
@@ -218,6 +248,15 @@ class RunPathMachine(RuleBasedStateMachine):
         return [hold for hold in self.all_holds.values()
                 if hold.account == index and hold.status == "open"
                 and hold.lease_expires_at > self.now]
+
+    def key_spend(self, index: int, start: datetime) -> int:
+        """What the account's limited key has spent in the period starting at `start`,
+        as an authorize now sees it: lapsed holds have given their reservation back."""
+        return sum(hold.charged if hold.status == "settled" else hold.reserved
+                   for hold in self.all_holds.values()
+                   if hold.account == index and hold.limited and hold.period_start == start
+                   and (hold.status == "settled"
+                        or (hold.status == "open" and hold.lease_expires_at > self.now)))
 
     def refusal(self, call) -> ApplicationError | None:
         try:
@@ -314,23 +353,39 @@ class RunPathMachine(RuleBasedStateMachine):
         st.sampled_from(MODELS),
         st.one_of(st.none(), st.integers(0, 7200), st.decimals(0, 600, places=3),
                   st.integers(7200, 200_000)),
-        st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)))),
+        st.one_of(st.none(), st.tuples(st.integers(0, 10**6), st.integers(0, 10**6))),
+        st.booleans()),
         min_size=1, max_size=4))
     def authorize(self, index, runs):
         hold_ids = [self.authorize_one(index, *run) for run in runs]
         return multiple(*(hold_id for hold_id in hold_ids if hold_id is not None))
 
-    def authorize_one(self, index, model, seconds, tokens) -> uuid.UUID | None:
+    def authorize_one(self, index, model, seconds, tokens, limited) -> uuid.UUID | None:
         account = self.accounts[index]
         byok = model == "byok"
         model_id = MODEL_CLOSED if byok else model
+        images = None
         if model_id in OPEN_MODELS:
             class_params, rate, weight = OPEN_MODELS[model_id]
             # A run reserves at least its smallest billable second.
             reserve = max(1, math.ceil(60 if seconds is None else seconds)) * rate
+        elif model_id == MODEL_IMAGES:
+            class_params, weight = 0, 0
+            images = None if tokens is None else tokens[0] % 8
+            seconds = None
+            reserve = max(1, closed_charge(Fraction(1 if images is None else images)
+                                           * UNIT_PRICES[model_id]))
+        elif model_id == MODEL_VIDEO:
+            class_params, weight = 0, 0
+            reserve = max(1, closed_charge(Fraction(Decimal(60 if seconds is None else seconds))
+                                           * UNIT_PRICES[model_id]))
         else:
             class_params, weight = 0, 0
+            seconds = None
             reserve = 0 if byok else max(1, closed_charge(token_cost(*(tokens or (1000, 1000)))))
+        if model_id in UNIT_PRICES:
+            tokens = None
+        key_start = period_start(account.period, self.now) if limited else None
         _, max_params, concurrency = self.tier(account)
         in_use = sum(hold.weight for hold in self.active(index))
         available = account.live(self.now) - sum(h.reserved for h in self.active(index))
@@ -340,6 +395,8 @@ class RunPathMachine(RuleBasedStateMachine):
             expected = "model_size_locked"
         elif weight and in_use + weight > concurrency:
             expected = "concurrency_limit"
+        elif limited and self.key_spend(index, key_start) + reserve > account.limit:
+            expected = "key_spend_limit"
         elif available < reserve:
             expected = "insufficient_credits"
         else:
@@ -347,10 +404,11 @@ class RunPathMachine(RuleBasedStateMachine):
 
         request_id = f"run-{next(self.request_ids)}"
         outcome = self.refusal(lambda: hold_authorize(
-            api_key=account.key, model_id=model_id, request_id=request_id, byok=byok,
-            estimate_seconds=seconds,
+            api_key=account.limited_key if limited else account.key, model_id=model_id,
+            request_id=request_id, byok=byok, estimate_seconds=seconds,
             estimate_input_tokens=tokens[0] if tokens else None,
-            estimate_max_output_tokens=tokens[1] if tokens else None, now=self.now))
+            estimate_max_output_tokens=tokens[1] if tokens else None,
+            estimate_images=images, now=self.now))
 
         REACHED[f"authorize {expected or 'admitted'}"] += 1
         if expected is not None:
@@ -359,6 +417,10 @@ class RunPathMachine(RuleBasedStateMachine):
             if expected == "concurrency_limit":
                 assert (outcome.extra["limit"], outcome.extra["in_use"]) == (
                     concurrency, in_use)
+            if expected == "key_spend_limit":
+                assert (outcome.extra["limit_usd"], outcome.extra["spent_usd"]) == (
+                    nanos_to_usd(account.limit),
+                    nanos_to_usd(self.key_spend(index, key_start)))
             assert not Hold.objects.filter(account_id=account.id,
                                            request_id=request_id).exists()
             return None
@@ -369,7 +431,7 @@ class RunPathMachine(RuleBasedStateMachine):
         assert outcome.balance_nanos == account.live(self.now)
         assert outcome.tier_concurrency == concurrency
         hold = ModelHold(outcome.hold_id, index, request_id, model, reserve, weight,
-                         self.now + LEASE)
+                         self.now + LEASE, limited=limited, period_start=key_start)
         self.all_holds[hold.id] = hold
         return hold.id
 
@@ -379,7 +441,8 @@ class RunPathMachine(RuleBasedStateMachine):
         account = self.accounts[hold.account]
         model_id = MODEL_CLOSED if hold.model == "byok" else hold.model
         authorization = self.refusal(lambda: hold_authorize(
-            api_key=account.key, model_id=model_id, request_id=hold.request_id,
+            api_key=account.limited_key if hold.limited else account.key, model_id=model_id,
+            request_id=hold.request_id,
             byok=hold.model == "byok", now=self.now))
         if account.suspended:  # a suspended account's authorize fails, retries included
             assert isinstance(authorization, ApplicationError), authorization
@@ -422,6 +485,14 @@ class RunPathMachine(RuleBasedStateMachine):
             usage = Usage(inference_seconds=Decimal(seconds), load_seconds=load)
             billed = math.ceil(seconds)
             charge = billed * OPEN_MODELS[hold.model][1]
+        elif hold.model == MODEL_IMAGES and isinstance(closed_usage, tuple):
+            usage = Usage(images=closed_usage[0] % 8)
+            billed = None
+            charge = closed_charge(Fraction(usage.images) * UNIT_PRICES[hold.model])
+        elif hold.model == MODEL_VIDEO:  # seconds billed exactly
+            usage = Usage(seconds=Decimal(seconds))
+            billed = None
+            charge = closed_charge(Fraction(Decimal(seconds)) * UNIT_PRICES[hold.model])
         elif isinstance(closed_usage, tuple):
             usage = Usage(input_tokens=closed_usage[0], output_tokens=closed_usage[1])
             billed = None
@@ -451,6 +522,12 @@ class RunPathMachine(RuleBasedStateMachine):
                                                     else "expired")
             return
         assert not isinstance(outcome, ApplicationError), outcome
+        # What the key's counter gains beyond what the hold still reserved in it.
+        hold.overrun = max(0, charge - (hold.reserved if db_hold.status == "open" else 0))
+        if hold.limited:
+            REACHED["settle on a limited key"] += 1
+            if hold.overrun:
+                REACHED["settle above a limited key's reservation"] += 1
         covered = account.spend(charge, self.now)
         REACHED["settle above the credit" if charge > covered else "settle paid"] += 1
         account.receivable += charge - covered
@@ -566,6 +643,31 @@ class RunPathMachine(RuleBasedStateMachine):
                 assert db.tier_concurrency == self.tier(account)[2]
 
     @invariant()
+    def key_spend_within_limits(self):
+        for index, account in enumerate(self.accounts):
+            counters = dict(KeySpend.objects.filter(api_key_id=account.limited_key_id)
+                            .values_list("period_start", "spent_nanos"))
+            db_holds = {hold.id: hold for hold in Hold.objects.filter(
+                api_key_id=account.limited_key_id)}
+            starts = {hold.period_start for hold in self.all_holds.values()
+                      if hold.account == index and hold.limited}
+            assert set(counters) == starts
+            for start in starts:
+                mine = [hold for hold in self.all_holds.values()
+                        if hold.account == index and hold.limited
+                        and hold.period_start == start]
+                # The counter is what its holds reserve (open in the database) and were
+                # charged (settled) ...
+                expected = sum(hold.charged if hold.status == "settled"
+                               else db_holds[hold.id].reserved_nanos
+                               if db_holds[hold.id].status == "open" else 0
+                               for hold in mine)
+                assert counters[start] == expected
+                # ... and never above the limit, but by what settles charged above what
+                # their holds still reserved.
+                assert counters[start] <= account.limit + sum(hold.overrun for hold in mine)
+
+    @invariant()
     def ledger_check_passes(self):
         assert books_discrepancies() == []
 
@@ -599,7 +701,8 @@ def test_the_run_path_never_creates_or_loses_money(settings_override):
               "authorize model_size_locked": 5, "settle paid": 10, "settle replayed": 5,
               "settle late, hold open in the database": 1,
               "settle after the late window": 3, "lot expiry recorded": 5,
-              "lot expired, not yet recorded": 5}
+              "lot expired, not yet recorded": 5, "authorize key_spend_limit": 5,
+              "settle on a limited key": 10}
     assert {name: min(REACHED[name], floor) for name, floor in floors.items()} == floors, \
         REACHED
 
