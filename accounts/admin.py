@@ -22,7 +22,8 @@ class UserAdmin(BaseUserAdmin):
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
-    fields = ["name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    fields = ["name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at",
+              "spend_limit", "spend_limit_period"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -30,6 +31,13 @@ class ApiKeyInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    # Set through the internal API or the dashboard, which recount the period's spend.
+    @admin.display(description="spend limit")
+    def spend_limit(self, obj):
+        if obj.spend_limit_nanos is None:
+            return "none"
+        return f"${nanos_to_usd(obj.spend_limit_nanos)}"
 
 
 @admin.register(Account)

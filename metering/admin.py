@@ -26,7 +26,8 @@ class SizeClassAdmin(CatalogAdmin):
 @admin.register(InferenceModel)
 class InferenceModelAdmin(CatalogAdmin):
     list_display = ["id", "kind", "params_b", "provider", "input_nanos_per_mtok",
-                    "output_nanos_per_mtok", "updated_at"]
+                    "output_nanos_per_mtok", "nanos_per_image", "nanos_per_second",
+                    "nanos_per_request", "updated_at"]
     list_filter = ["kind", "provider"]
     search_fields = ["id"]
 
@@ -55,7 +56,8 @@ class HoldAdmin(ReadOnlyAdmin):
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["hold_id", "account", "model_id", "billed_seconds", "input_tokens",
-                    "output_tokens", "charged_nanos", "unpaid_nanos", "created_at"]
+                    "output_tokens", "unit", "units", "charged_nanos", "unpaid_nanos",
+                    "created_at"]
     list_filter = ["kind", "byok"]
     search_fields = ["hold__id", "account__user__email", "model__id"]
     list_select_related = ["account__user"]

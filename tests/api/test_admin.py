@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from accounts.models import User
 from billing.models import CreditLot
+from metering.key_limits import api_key_spend_limit_set
 from metering.models import SizeClass
 from tests.runpath import MODEL_7B, authorize_body, customer_create
 
@@ -21,9 +22,13 @@ def staff_client(client):
 
 
 def test_every_admin_list_and_detail_page_opens(staff_client, api):
-    # Given an account that has run a model (lots, ledger, holds, usage exist).
+    # Given an account that has run a model (lots, ledger, holds, usage exist), with a
+    # key that has a spend limit (its spend counter and a notice exist).
     customer = customer_create(purchased_usd=25)
-    hold = api.post("/internal/v1/authorize", authorize_body(customer), format="json").json()
+    api_key_spend_limit_set(account_id=customer.account_id, key_id=customer.key_id,
+                            limit_nanos=170_000)
+    hold = api.post("/internal/v1/authorize", authorize_body(customer, estimate={"seconds": 2}),
+                    format="json").json()
     api.post(f"/internal/v1/holds/{hold['hold_id']}/settle", {"inference_seconds": 2},
              format="json")
 
@@ -39,6 +44,8 @@ def test_every_admin_list_and_detail_page_opens(staff_client, api):
             detail = reverse(f"admin:{meta.app_label}_{meta.model_name}_change",
                              args=[first.pk])
             assert staff_client.get(detail).status_code == 200, detail
+    assert "spend limit" in staff_client.get(reverse(
+        "admin:accounts_account_change", args=[customer.account_id])).content.decode()
 
 
 def test_a_size_class_price_edited_by_staff_prices_the_next_run(staff_client, api):
