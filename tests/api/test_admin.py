@@ -44,8 +44,9 @@ def test_every_admin_list_and_detail_page_opens(staff_client, api):
             detail = reverse(f"admin:{meta.app_label}_{meta.model_name}_change",
                              args=[first.pk])
             assert staff_client.get(detail).status_code == 200, detail
-    assert "spend limit" in staff_client.get(reverse(
-        "admin:accounts_account_change", args=[customer.account_id])).content.decode()
+    page = staff_client.get(reverse("admin:accounts_account_change",
+                                    args=[customer.account_id])).content.decode()
+    assert "spend limit" in page.lower() and "$0.000170000" in page
 
 
 def test_a_size_class_price_edited_by_staff_prices_the_next_run(staff_client, api):
