@@ -244,3 +244,8 @@ CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
     "task": "metering.tasks.holds_expire_due",
     "schedule": timedelta(seconds=30),
 }
+# Key spend notices whose email no worker sent (a broker that was down at commit).
+CELERY_BEAT_SCHEDULE["send-unsent-key-spend-notices"] = {
+    "task": "ratelimits.tasks.key_spend_notices_unsent_send",
+    "schedule": timedelta(minutes=5),
+}

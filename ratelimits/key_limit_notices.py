@@ -3,7 +3,7 @@ each per key and period (a unique constraint, not a check-then-insert), by an em
 after the settle that reached it commits."""
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from ratelimits.models import KeySpendNotice
 logger = logging.getLogger(__name__)
 
 NOTICE_PERCENTS = (80, 100)
+UNSENT_AFTER = timedelta(minutes=5)
 
 
 def key_spend_notices_record(*, key_id: UUID, period_start_at: datetime, spent_nanos: int,
@@ -39,7 +40,13 @@ def key_spend_notices_record(*, key_id: UUID, period_start_at: datetime, spent_n
         except IntegrityError:
             continue  # told already this period
         created.append(notice.id)
-        transaction.on_commit(partial(key_spend_notice_dispatch, notice_id=notice.id))
+    if not created:
+        return created
+    # One settle that reaches both shares sends one email, the higher one; the lower is
+    # recorded as done, so it is never sent later in the period.
+    *moot, told = created
+    KeySpendNotice.objects.filter(id__in=moot).update(sent_at=now)
+    transaction.on_commit(partial(key_spend_notice_dispatch, notice_id=told))
     return created
 
 
@@ -51,6 +58,14 @@ def key_spend_notice_dispatch(*, notice_id: int) -> None:
         key_spend_notice_send_task.delay(notice_id)
     except Exception:
         logger.exception("could not enqueue the key spend notice %s", notice_id)
+
+
+def key_spend_notices_unsent_ids(*, now: datetime, older_than: timedelta = UNSENT_AFTER
+                                 ) -> list[int]:
+    """Notices recorded a while ago and still not sent: their task was never enqueued."""
+    return list(KeySpendNotice.objects.filter(sent_at__isnull=True,
+                                              created_at__lte=now - older_than)
+                .order_by("id").values_list("id", flat=True))
 
 
 def key_spend_notice_send(*, notice_id: int, now: datetime | None = None) -> bool:

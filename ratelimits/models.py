@@ -57,6 +57,8 @@ class KeySpendNotice(models.Model):
     spent_nanos = models.BigIntegerField()
     limit_nanos = models.BigIntegerField()
     created_at = models.DateTimeField()
+    # When the email went out, or when the same settle reached a higher share, whose
+    # email told it instead.
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from django.core import mail
 from django.db import connection
+from django.db.models import F
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
@@ -342,7 +343,7 @@ def test_a_limit_in_total_never_resets(moment):
 # --- Emails at 80% and 100%, once each per period --------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_key_reaching_80_and_100_percent_is_told_once_each_per_period(eager_tasks,
                                                                           settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -392,3 +393,30 @@ def test_the_portable_authorize_counts_the_same(monkeypatch):
     assert spent(customer.key_id, utc(2030, 9, 1)) == 25 * RATE_7B
     assert customer.account().held_nanos == 25 * RATE_7B
     assert books_discrepancies() == []
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_notice_whose_task_was_never_enqueued_is_sent_by_the_sweep_once(eager_tasks,
+                                                                          settings,
+                                                                          monkeypatch):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    from ratelimits import key_limit_notices
+    from ratelimits.tasks import key_spend_notices_unsent_send
+
+    customer = customer_create(purchased_usd=25)
+    api_key_spend_limit_set(account_id=customer.account_id, key_id=customer.key_id,
+                            limit_nanos=10 * RATE_7B, period="total")
+    # The broker is down when the settle commits: the notice is recorded, not sent.
+    monkeypatch.setattr(key_limit_notices, "key_spend_notice_dispatch",
+                        lambda **kwargs: None)
+    hold = hold_authorize(api_key=customer.key, model_id=MODEL_7B, request_id="r",
+                          estimate_seconds=Decimal(10))
+    hold_settle(hold_id=hold.hold_id, usage=Usage(inference_seconds=Decimal(10)))
+    assert mail.outbox == [] and KeySpendNotice.objects.count() == 2
+    # Not yet: the notice is recent. Later: both are sent, once.
+    assert key_spend_notices_unsent_send.apply().result == 0
+    KeySpendNotice.objects.update(created_at=F("created_at") - timedelta(minutes=6))
+    # 80% and 100% at once: one email, the 100% one.
+    assert key_spend_notices_unsent_send.apply().result == 1
+    assert key_spend_notices_unsent_send.apply().result == 0
+    assert len(mail.outbox) == 1 and "reached its spend limit" in mail.outbox[0].subject
