@@ -225,6 +225,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Bodies are documented as what they are, JSON (config.parsers.JsonBodyParser reads any).
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.error_responses_hook",
+    ],
 }
 
 # Service tokens for /internal/v1/ (comma-separated).
