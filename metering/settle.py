@@ -197,7 +197,7 @@ def _hold_settle_postgresql(*, hold_id: UUID, usage: Usage, now: datetime) -> Se
         # Committed already, unless a caller's transaction encloses this one.
         transaction.on_commit(partial(low_balance_event_dispatch,
                                       event_id=low_balance_event_id))
-    if key_limit is not None:
+    if key_limit is not None and key_spent is not None:
         key_spend_notices_record(key_id=key_id, period_start_at=spend_period_start,
                                  spent_nanos=key_spent, limit_nanos=key_limit, now=now)
     return Settlement(hold_id, charged, billed_seconds, unpaid, balance_after, available_after)
