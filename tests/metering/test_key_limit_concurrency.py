@@ -14,7 +14,7 @@ from accounts.services import api_key_create
 from config.api import ApplicationError
 from metering.authorize import hold_authorize
 from metering.holds import hold_release, holds_expire
-from metering.key_limits import key_spend_summary
+from metering.key_limits import api_key_spend_limit_set, key_spend_summary
 from metering.models import Hold
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
@@ -191,4 +191,54 @@ def test_a_storm_of_authorize_settle_release_and_expiry_keeps_every_key_counter_
         assert counter <= limit + overrun
     assert not Hold.objects.filter(api_key_id=customer.key_id,
                                    spend_period_start__isnull=False).exists()
+    assert books_discrepancies() == []
+
+
+@pytest.mark.slow
+def test_limit_changes_racing_runs_leave_every_counter_equal_to_its_holds():
+    # Given a key with a limit that runs admit and refuse in turn.
+    customer = customer_create(purchased_usd=1_000)
+    balance_set(account_id=customer.account_id, balance_nanos=1_000 * USD)
+    api_key_spend_limit_set(account_id=customer.account_id, key_id=customer.key_id,
+                            limit_nanos=40 * 30 * RATE_7B, period="month")
+    threads = min(CONCURRENT_CONNECTIONS, 16)
+
+    # When threads authorize and settle on it while one thread keeps changing its limit
+    # and period (month, week, day, total, removed, set again).
+    def worker(i):
+        rng = random.Random(1000 + i)
+        for step in range(15):
+            if i == 0:
+                period = rng.choice(["month", "week", "day", "total", None])
+                api_key_spend_limit_set(
+                    account_id=customer.account_id, key_id=customer.key_id,
+                    limit_nanos=None if period is None else rng.choice([10, 40]) * 30 * RATE_7B,
+                    **({} if period is None else {"period": period}))
+                continue
+            try:
+                authorization = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+                                               request_id=f"patch-race-{i}-{step}",
+                                               estimate_seconds=30)
+            except ApplicationError as error:
+                assert error.code in ("key_spend_limit", "concurrency_limit"), error.code
+                continue
+            if rng.random() < 0.7:
+                hold_settle(hold_id=authorization.hold_id,
+                            usage=Usage(inference_seconds=rng.choice([10, 30, 45])))
+            else:
+                hold_release(hold_id=authorization.hold_id)
+
+    run_in_threads(threads, worker)
+
+    # Then every counter is what its holds reserve and were charged (ledger_check), and
+    # after one last change the current period counts every run authorized in it.
+    assert books_discrepancies() == []
+    api_key_spend_limit_set(account_id=customer.account_id, key_id=customer.key_id,
+                            limit_nanos=USD, period="total")
+    total = KeySpend.objects.get(api_key_id=customer.key_id,
+                                 period_start=period_start(period="total",
+                                                           now=timezone.now()))
+    settled = sum(hold.charged_nanos for hold in Hold.objects.filter(
+        api_key_id=customer.key_id, status=Hold.Status.SETTLED))
+    assert total.spent_nanos == settled
     assert books_discrepancies() == []
