@@ -1,5 +1,6 @@
 from decimal import Decimal
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -42,6 +43,9 @@ class Command(BaseCommand):
         if not user.has_usable_password():
             user.set_password(customer_password)
             user.save(update_fields=["password"])
+        # The demo customer's email counts as verified: the dashboard's login lets it in.
+        EmailAddress.objects.update_or_create(
+            user=user, email=user.email, defaults={"verified": True, "primary": True})
         purchase_record(account_id=account.id, amount_nanos=25 * USD,
                         reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
                         cash_book=Book.EXTERNAL_CASH)
