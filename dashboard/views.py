@@ -1,5 +1,5 @@
 import csv
-from datetime import UTC
+from datetime import UTC, timedelta
 
 from allauth.account.views import LoginView
 from django.core.paginator import Paginator
@@ -100,8 +100,15 @@ def key_revoke(request, key_id):
 
 def _usage_form(request) -> UsageFilterForm:
     keys = api_keys_with_month_spend(account_id=request.account.id, now=timezone.now())
-    # Always bound: no filter in the URL means the defaults (the last 30 days).
-    return UsageFilterForm(request.GET, model_ids=usage_model_ids(account_id=request.account.id),
+    # Always bound: no filter in the URL means the defaults (the last 30 days), shown in
+    # the date fields.
+    data = request.GET.copy()
+    today = timezone.now().date()
+    if not data.get("end"):
+        data["end"] = today.isoformat()
+    if not data.get("start"):
+        data["start"] = (today - timedelta(days=29)).isoformat()
+    return UsageFilterForm(data, model_ids=usage_model_ids(account_id=request.account.id),
                            keys=keys)
 
 

@@ -35,6 +35,14 @@ def usd(nanos, places=None) -> str:
     return f"{sign}${text}"
 
 
+@register.filter
+def thousands(value) -> str:
+    """A whole count with thousands separators: 690900 -> "690,900"."""
+    if value is None or value == "":
+        return ""
+    return f"{int(value):,}"
+
+
 @register.simple_tag(takes_context=True)
 def dashboard_nav(context) -> list[dict]:
     request = context.get("request")
