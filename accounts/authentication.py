@@ -15,6 +15,13 @@ class InvalidApiKey(ApplicationError):
     message = "The API key is unknown, revoked or expired."
 
 
+class InsufficientScope(ApplicationError):
+    status = 403
+    code = "insufficient_scope"
+    message = ("This call needs a management key. An inference key runs models and reads "
+               "the credit; it never spends money or changes money settings.")
+
+
 def presented_api_key(request) -> str:
     header = request.META.get("HTTP_AUTHORIZATION", "").strip()
     scheme, _, rest = header.partition(" ")
