@@ -78,7 +78,8 @@ def keys(request):
         form = ApiKeyCreateForm(request.POST)
         if form.is_valid():
             api_key, secret = api_key_create(account_id=request.account.id,
-                                             name=form.cleaned_data["name"])
+                                             name=form.cleaned_data["name"],
+                                             kind=form.cleaned_data["kind"])
             return _keys_page(request, form=ApiKeyCreateForm(), created=api_key,
                               created_secret=secret, status=201)
         return _keys_page(request, form=form, status=400)

@@ -67,6 +67,7 @@ def test_sign_up_verify_log_in_create_a_key_export_usage_log_out(
     # Create a key: its secret is shown once.
     page.get_by_role("link", name="API keys").first.click()
     page.get_by_label("Name").fill("browser app")
+    expect(page.get_by_label("Kind")).to_have_value("inference")
     page.get_by_role("button", name="Create key").click()
     secret = page.locator("#new-key-secret").input_value()
     key = ApiKey.objects.get(account=account, name="browser app")
