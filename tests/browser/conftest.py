@@ -63,21 +63,22 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-@pytest.fixture(autouse=True)
-def _reference_data(transactional_db):
-    """The seeded tables (plans, size classes, tiers) as the migrations leave them: a live
-    server test empties the database when it ends, and the restore of the seeded rows
-    is not always run before the next one's fixtures."""
-    from importlib import import_module
-
-    from django.apps import apps
-
-    for module in ("billing.migrations.0002_seed_plans",
-                   "metering.migrations.0002_seed_catalog",
-                   "ratelimits.migrations.0002_seed_tiers"):
-        import_module(module).seed(apps, None)
-
-
 @pytest.fixture
-def catalog(_reference_data):
+def catalog(transactional_db):
     models_ensure()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _serialized_rollback_across_contexts(django_db_setup, django_db_blocker):
+    """Playwright's sync API runs the test in another context, where Django hands out new
+    connection objects that lack the test database's serialized contents; a test with
+    `serialized_rollback` would then not get the seeded rows back, in this package and in
+    every transactional test after it. The contents are made visible to every connection
+    object of the same backend."""
+    from django.db import connections
+
+    for alias in connections:
+        connection = connections[alias]
+        contents = getattr(connection, "_test_serialized_contents", None)
+        if contents is not None:
+            type(connection)._test_serialized_contents = contents
