@@ -11,7 +11,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.services import api_key_create, api_key_revoke
-from billing.money import nanos_to_usd
+from config.money import nanos_to_usd
 from dashboard.access import customer_view
 from dashboard.charts import spend_chart
 from dashboard.forms import ApiKeyCreateForm, UsageFilterForm
@@ -58,11 +58,10 @@ def overview(request):
 
 def _keys_page(request, *, form, created=None, created_secret=None, status=200):
     keys = api_keys_with_month_spend(account_id=request.account.id, now=timezone.now())
-    now = timezone.now()
     response = render(request, "dashboard/keys.html", {
         "form": form,
-        "active_keys": [k for k in keys if k.is_usable(now)],
-        "inactive_keys": [k for k in keys if not k.is_usable(now)],
+        "active_keys": [k for k in keys if k.usable],
+        "inactive_keys": [k for k in keys if not k.usable],
         "created": created,
         "created_secret": created_secret,
     }, status=status)

@@ -1,6 +1,6 @@
 from django import template
 
-from billing.money import NANOS_PER_USD
+from config.money import NANOS_PER_USD
 from dashboard.navigation import nav_links
 
 register = template.Library()

@@ -15,9 +15,9 @@ from playwright.sync_api import Page, expect
 
 from accounts.models import Account, ApiKey
 from accounts.services import api_key_create, api_key_revoke
+from billing.credit import credit_grant, purchase_record
 from billing.ledger import Book
 from billing.models import Purchase
-from billing.services import credit_grant, purchase_record
 from dashboard.navigation import nav_links
 from tests.browser.conftest import WIDTHS
 from tests.dashboard.conftest import PASSWORD, customer_signed_in, run_settled

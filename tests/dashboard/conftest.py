@@ -11,7 +11,8 @@ from allauth.account.models import EmailAddress
 from django.test import Client
 
 from accounts.models import Account, ApiKey
-from metering.services import Usage, hold_authorize, hold_settle
+from metering.authorize import hold_authorize
+from metering.settle import Usage, hold_settle
 from tests.runpath import (
     MODEL_7B,
     MODEL_CLOSED,

@@ -9,9 +9,9 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from billing.credit import credit_grant, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, Purchase
-from billing.services import credit_grant, purchase_record
 from dashboard.templatetags.dashboard import usd
 from tests.dashboard.conftest import customer_signed_in, run_settled
 from tests.runpath import MODEL_7B, MODEL_35B, MODEL_CLOSED
