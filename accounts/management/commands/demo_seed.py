@@ -1,5 +1,6 @@
 from decimal import Decimal
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -43,10 +44,15 @@ class Command(BaseCommand):
         if not user.has_usable_password():
             user.set_password(customer_password)
             user.save(update_fields=["password"])
+        # The demo customer's email counts as verified: the dashboard's login lets it in.
+        EmailAddress.objects.update_or_create(
+            user=user, email=user.email, defaults={"verified": True, "primary": True})
         purchase_record(account_id=account.id, amount_nanos=25 * USD,
                         reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
                         cash_book=Book.EXTERNAL_CASH)
         _, key = api_key_create(account_id=account.id, name="demo")
+        _, management_key = api_key_create(account_id=account.id, name="demo management",
+                                           kind="management")
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
@@ -54,6 +60,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  demo customer:   demo@example.com, account {account.id}")
         self.stdout.write(f"  demo API key:    {key}")
         self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
+        self.stdout.write(f"  management key:  {management_key}")
+        self.stdout.write("                   (the money calls of /api/v1/: cards, purchases, "
+                          "auto-reload...)")
         self.stdout.write(f"  service token:   {token}")
         self.stdout.write("                   (the internal API, /internal/v1/, documented at "
                           "/internal/v1/docs)")
