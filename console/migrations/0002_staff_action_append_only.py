@@ -14,14 +14,9 @@ END $$;
 CREATE TRIGGER staff_action_append_only
 BEFORE UPDATE OR DELETE ON console_staffaction
 FOR EACH ROW EXECUTE FUNCTION console_staff_action_append_only();
-
-CREATE TRIGGER staff_action_no_truncate
-BEFORE TRUNCATE ON console_staffaction
-FOR EACH STATEMENT EXECUTE FUNCTION console_staff_action_append_only();
 """
 
 BACKWARD = """
-DROP TRIGGER IF EXISTS staff_action_no_truncate ON console_staffaction;
 DROP TRIGGER IF EXISTS staff_action_append_only ON console_staffaction;
 DROP FUNCTION IF EXISTS console_staff_action_append_only();
 """
