@@ -32,6 +32,7 @@ class ConsoleAdminSite(OTPAdminSite):
     site_header = "Billing console"
     site_title = "Billing console"
     index_title = "Staff console"
+    site_url = None  # the service has no public pages besides the console
     login_form = ConsoleLoginForm
     login_template = "admin/console_login.html"
 
