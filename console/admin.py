@@ -331,7 +331,7 @@ class ConsoleStripeEventAdmin(StripeEventAdmin):
 class StaffActionAdmin(admin.ModelAdmin):
     """The audit log: read-only here, and refused UPDATE and DELETE by the database."""
 
-    list_display = ["created_at", "actor_email", "kind", "account_link", "summary", "reason"]
+    list_display = ["when", "actor_email", "account_link", "summary", "reason"]
     list_filter = ["kind", "actor_email"]
     search_fields = ["actor_email", "reason", "summary", "target", "account__user__email",
                      "=account__id"]
@@ -350,6 +350,10 @@ class StaffActionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="when", ordering="created_at")
+    def when(self, obj):
+        return f"{obj.created_at:%Y-%m-%d %H:%M}"
 
     @admin.display(description="account")
     def account_link(self, obj):

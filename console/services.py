@@ -24,6 +24,7 @@ from billing.ledger import Book, Kind, Leg
 from billing.models import BillingProfile, Purchase, StripeEvent
 from billing.money import NANOS_PER_USD, nanos_to_usd
 from billing.services import _lot_add, credit_debit, credit_grant
+from config.admin_bases import usd
 from config.api import ApplicationError
 from console.models import StaffAction
 from metering.models import Hold
@@ -114,7 +115,7 @@ def staff_credit_grant(*, actor: User, account_id: UUID, amount_nanos: int, reas
     before = account_money_snapshot(account_id=account_id)
     lot, _ = credit_grant(account_id=account_id, amount_nanos=amount_nanos,
                           reason=f"Staff grant: {reason}", expires_at=expires_at)
-    summary = f"Granted ${nanos_to_usd(amount_nanos)} (lot {lot.id})"
+    summary = f"Granted {usd(amount_nanos)}"
     audit = _audit(actor=actor, kind=Action.CREDIT_GRANT, reason=reason, summary=summary,
                    account_id=account_id, before=before,
                    after=account_money_snapshot(account_id=account_id), target=f"lot {lot.id}")
@@ -143,8 +144,7 @@ def staff_credit_adjust(*, actor: User, account_id: UUID, amount_nanos: int,
         credit_debit(account_id=account_id, amount_nanos=-amount_nanos,
                      reason=f"Staff adjustment: {reason}")
         target = ""
-    sign = "+" if amount_nanos > 0 else "-"
-    summary = f"Adjusted credit by {sign}${nanos_to_usd(abs(amount_nanos))}"
+    summary = f"Adjusted credit by {'+' if amount_nanos > 0 else ''}{usd(amount_nanos)}"
     audit = _audit(actor=actor, kind=Action.CREDIT_ADJUST, reason=reason, summary=summary,
                    account_id=account_id, before=before,
                    after=account_money_snapshot(account_id=account_id), target=target)
@@ -167,8 +167,8 @@ def staff_purchase_refund(*, actor: User, purchase_id: UUID, reason: str,
         reversal = purchase_refund(purchase_id=purchase.id, amount_nanos=amount_nanos,
                                    reason=reason)
         purchase.refresh_from_db()
-        summary = (f"Refunded ${nanos_to_usd(reversal.amount_nanos)} ({reversal.stripe_id}); "
-                   f"clawed back ${nanos_to_usd(reversal.clawed_nanos)}")
+        summary = (f"Refunded {usd(reversal.amount_nanos)}, clawed back "
+                   f"{usd(reversal.clawed_nanos)} ({reversal.stripe_id})")
         audit = _audit(actor=actor, kind=Action.PURCHASE_REFUND, reason=reason,
                        summary=summary, account_id=purchase.account_id, before=before,
                        after={**account_money_snapshot(account_id=purchase.account_id),
@@ -226,8 +226,7 @@ def staff_hold_release(*, actor: User, hold_id: UUID, reason: str) -> StaffActio
         raise StaffActionRefused(f"The hold is {hold.status}, not open.")
     before = account_money_snapshot(account_id=hold.account_id)
     hold_release(hold_id=hold.id)
-    summary = (f"Released hold {hold.id} (${nanos_to_usd(hold.reserved_nanos)} reserved, "
-               f"{hold.weight} slot(s))")
+    summary = f"Released a hold ({usd(hold.reserved_nanos)}, {hold.weight} slot(s))"
     audit = _audit(actor=actor, kind=Action.HOLD_RELEASE, reason=reason, summary=summary,
                    account_id=hold.account_id, before=before,
                    after=account_money_snapshot(account_id=hold.account_id),
