@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from playwright.sync_api import sync_playwright
 
 from console.demo import totp_code_now
 from console.models import StaffAction
@@ -18,20 +19,28 @@ from tests.runpath import customer_create
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "console"
 WIDTHS = {"phone": (375, 812), "desktop": (1280, 900)}
-# Playwright's sync API keeps an event loop on the test's thread; the test's own ORM
-# calls (and the test database's set-up) are still plain synchronous ones.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args():
+@pytest.fixture
+def page(monkeypatch):
+    """A Chromium page for this test alone. Playwright runs an event loop on the test's
+    thread while it is up, which hides the test database's per-thread state from Django:
+    it is started after the database is set up and stopped before it is torn down."""
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
-    return {"executable_path": CHROMIUM, "headless": True,
-            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-sync"]}
+    # The test's own ORM calls beside Playwright's loop are still synchronous ones.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"])
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 900})
+        finally:
+            browser.close()
 
 
 def shoot(page, name: str) -> None:
@@ -43,7 +52,7 @@ def shoot(page, name: str) -> None:
 
 
 def test_staff_sign_in_with_totp_grant_credit_with_a_reason_and_see_it_audited(
-        page, live_server):
+        live_server, page):
     support = staff_user("support-browser@example.com", group="Support")
     device = support.totpdevice_set.get()
     customer = customer_create(purchased_usd=25)
