@@ -20,6 +20,7 @@ from django.utils.safestring import mark_safe
 from accounts.admin import AccountAdmin
 from accounts.models import Account, ApiKey
 from billing.admin import PurchaseAdmin, StripeEventAdmin
+from billing.admin import RefundForm as ListRefundForm
 from billing.models import Purchase, StripeEvent
 from config.admin_bases import usd
 from config.api import ApplicationError
@@ -227,8 +228,6 @@ class ConsolePurchaseAdmin(PurchaseAdmin):
 
     @admin.action(description="Refund through Stripe…", permissions=["refund"])
     def refund_through_stripe(self, request, queryset):
-        from billing.admin import RefundForm as ListRefundForm
-
         form = ListRefundForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             amount = form.cleaned_data["amount_usd"]

@@ -17,16 +17,21 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.locks import account_lock, billing_profile_lock
+from accounts.locks import account_lock
 from accounts.models import Account, ApiKey, User
 from accounts.services import account_status_set, api_key_revoke
+from billing.auto_reload import AutoReloadSettings, auto_reload_settings_set
+from billing.credit import _lot_add, credit_debit, credit_grant
 from billing.ledger import Book, Kind, Leg
+from billing.locks import billing_profile_lock
 from billing.models import BillingProfile, Purchase, StripeEvent
-from billing.money import NANOS_PER_USD, nanos_to_usd
-from billing.services import _lot_add, credit_debit, credit_grant
+from billing.refunds import purchase_refund
+from billing.webhooks import stripe_event_process
 from config.admin_bases import usd
 from config.api import ApplicationError
+from config.money import NANOS_PER_USD, nanos_to_usd
 from console.models import StaffAction
+from metering.holds import hold_release
 from metering.models import Hold
 
 Action = StaffAction.Kind
@@ -156,8 +161,6 @@ def staff_purchase_refund(*, actor: User, purchase_id: UUID, reason: str,
     """Refund through Stripe, with the claw-back of the lot's unspent credit
     (billing.refunds). Stripe is called inside the transaction that then records the
     refund and its audit row, as billing.refunds does."""
-    from billing.refunds import purchase_refund
-
     _require(actor, "refund_purchase")
     reason = _reason_clean(reason)
     purchase = Purchase.objects.get(id=purchase_id)
@@ -215,8 +218,6 @@ def staff_account_reinstate(*, actor: User, account_id: UUID,
 def staff_hold_release(*, actor: User, hold_id: UUID, reason: str) -> StaffActionResult:
     """Free a stuck hold's money and slots without a charge, through the run path's own
     release (the gateway's `/release`)."""
-    from metering.services import hold_release
-
     _require(actor, "release_hold")
     reason = _reason_clean(reason)
     hold = Hold.objects.get(id=hold_id)
@@ -256,10 +257,8 @@ def staff_api_key_revoke(*, actor: User, key_id: UUID, reason: str) -> StaffActi
 def staff_auto_reload_resume(*, actor: User, account_id: UUID,
                              reason: str) -> StaffActionResult:
     """Resume a paused auto-reload with the customer's own settings, exactly as the
-    customer saving them again would (billing.payments); a reload starts at once if the
+    customer saving them again would (billing.auto_reload); a reload starts at once if the
     balance is already below the threshold."""
-    from billing.payments import AutoReloadSettings, auto_reload_settings_set
-
     _require(actor, "resume_auto_reload")
     reason = _reason_clean(reason)
     with transaction.atomic():
@@ -281,8 +280,6 @@ def staff_auto_reload_resume(*, actor: User, account_id: UUID,
 def staff_stripe_event_reprocess(*, actor: User, event_id: int,
                                  reason: str) -> StaffActionResult:
     """Run a stored event that failed through the webhook's own processing again."""
-    from billing.webhooks import stripe_event_process
-
     _require(actor, "reprocess_stripe_event")
     reason = _reason_clean(reason)
     event = StripeEvent.objects.get(id=event_id)

@@ -2,6 +2,7 @@
 console's own header and account search on the index."""
 
 from django.contrib.admin.forms import AdminAuthenticationForm
+from django_otp import devices_for_user
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
 
@@ -19,8 +20,6 @@ class ConsoleLoginForm(OTPAdminAuthenticationForm):
         self.cleaned_data = AdminAuthenticationForm.clean(self)
         user = self.get_user()
         if user is not None and not self.cleaned_data.get("otp_device"):
-            from django_otp import devices_for_user
-
             devices = list(devices_for_user(user))
             if len(devices) == 1:
                 self.cleaned_data["otp_device"] = devices[0].persistent_id

@@ -7,10 +7,10 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
-from accounts.locks import billing_profile_lock
 from accounts.models import Account
+from billing.locks import billing_profile_lock
+from billing.low_balance import auto_reload_pause_locked
 from billing.models import BillingProfile, LedgerEntry, Purchase, Reversal
-from billing.payments import _auto_reload_pause_locked
 from console.models import StaffAction
 from tests.console.support import otp_login, staff_user
 
@@ -71,7 +71,7 @@ def test_support_resumes_a_paused_auto_reload(make_customer, save_card):
                             format="json").status_code == 200
     with transaction.atomic():
         profile = billing_profile_lock(account_id=customer.id)
-        _auto_reload_pause_locked(profile=profile, reason="card_declined: test", now=profile
+        auto_reload_pause_locked(profile=profile, reason="card_declined: test", now=profile
                                   .updated_at)
     assert Account.objects.get(id=customer.id).auto_reload_threshold_nanos is None
     support = otp_login(Client(), staff_user("s2@example.com", group="Support"))

@@ -3,11 +3,13 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
+from billing.credit import purchase_record
 from billing.ledger import Book
 from billing.models import Purchase
-from billing.services import purchase_record
-from metering.services import model_upsert
+from console.demo import demo_staff_ensure
+from metering.catalog import model_upsert
 
 USD = 10**9
 DEMO_MODELS = [
@@ -31,8 +33,6 @@ class Command(BaseCommand):
     def handle(self, *args, admin_password, customer_password, **options):
         for model in DEMO_MODELS:
             model_upsert(**model)
-
-        from console.demo import demo_staff_ensure
 
         staff_lines = demo_staff_ensure(admin_email="admin@example.com",
                                         password=admin_password)
