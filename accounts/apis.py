@@ -76,6 +76,10 @@ class ApiKeyCreateApi(InternalApi):
         expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
         spend_limit_usd = _spend_limit_field(required=False, default=None)
         spend_limit_period = _spend_period_field(required=False, default=None)
+        kind = serializers.ChoiceField(choices=ApiKey.Kind.choices, required=False,
+                                       default=ApiKey.Kind.INFERENCE,
+                                       help_text="inference: runs models; management: the "
+                                                 "customer API's money calls.")
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():
@@ -96,6 +100,7 @@ class ApiKeyCreateApi(InternalApi):
         expires_at = serializers.DateTimeField(allow_null=True)
         spend_limit_usd = MoneyField(allow_null=True)
         spend_limit_period = serializers.CharField(allow_null=True)
+        kind = serializers.CharField()
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer},
                    summary="Create an API key (the secret is shown once)")
@@ -106,10 +111,10 @@ class ApiKeyCreateApi(InternalApi):
         values = data.validated_data
         api_key, secret = api_key_create(
             account_id=account.id, name=values["name"], expires_at=values["expires_at"],
-            spend_limit_nanos=values["spend_limit_usd"],
+            kind=values["kind"], spend_limit_nanos=values["spend_limit_usd"],
             spend_limit_period=values["spend_limit_period"])
         body = {"id": str(api_key.id), "name": api_key.name, "prefix": api_key.prefix,
-                "key": secret, "expires_at": api_key.expires_at,
+                "key": secret, "expires_at": api_key.expires_at, "kind": api_key.kind,
                 "spend_limit_usd": api_key.spend_limit_nanos,
                 "spend_limit_period": api_key.spend_limit_period or None}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
@@ -140,6 +145,7 @@ class ApiKeyDetailApi(ApiKeyRevokeApi):
         id = serializers.CharField()
         name = serializers.CharField()
         prefix = serializers.CharField()
+        kind = serializers.CharField()
         created_at = serializers.DateTimeField()
         last_used_at = serializers.DateTimeField(allow_null=True)
         revoked_at = serializers.DateTimeField(allow_null=True)

@@ -79,17 +79,23 @@ def api_key_touch(*, api_key_id: UUID, now: datetime) -> None:
 
 
 def api_key_create(*, account_id: UUID, name: str, expires_at: datetime | None = None,
+                   kind: str = ApiKey.Kind.INFERENCE,
                    spend_limit_nanos: int | None = None, spend_limit_period: str | None = None,
                    now: datetime | None = None) -> tuple[ApiKey, str]:
     """Create a key; the full secret is returned here only and stored only as a hash.
-    With a spend limit, its period defaults to the month (ratelimits/key_limits.py)."""
+    `kind`: an inference key runs models, a management key makes the money calls. With a
+    spend limit, its period defaults to the month (ratelimits/key_limits.py)."""
+    if kind not in ApiKey.Kind.values:
+        raise ApplicationError(extra={"fields": {"kind": [
+            f"One of: {', '.join(ApiKey.Kind.values)}."]}})
     now = now or timezone.now()
     if spend_limit_nanos is not None:
         spend_limit_period = spend_limit_period or ApiKey.SpendPeriod.MONTH
     key, prefix = api_key_generate()
     api_key = ApiKey.objects.create(account_id=account_id, name=name, prefix=prefix,
                                     key_hash=api_key_hash(key), created_at=now,
-                                    expires_at=expires_at, spend_limit_nanos=spend_limit_nanos,
+                                    expires_at=expires_at, kind=kind,
+                                    spend_limit_nanos=spend_limit_nanos,
                                     spend_limit_period=spend_limit_period or "")
     return api_key, key
 

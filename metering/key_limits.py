@@ -39,6 +39,7 @@ class KeySpendSummary:
     id: UUID
     name: str
     prefix: str
+    kind: str
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -77,7 +78,7 @@ def key_spend_summary(*, account_id: UUID, key_id, now: datetime | None = None
         ).values_list("spent_nanos", flat=True).first() or 0
         resets_at = period_end(period=period, now=now)
     return KeySpendSummary(
-        id=api_key.id, name=api_key.name, prefix=api_key.prefix,
+        id=api_key.id, name=api_key.name, prefix=api_key.prefix, kind=api_key.kind,
         created_at=api_key.created_at, last_used_at=api_key.last_used_at,
         revoked_at=api_key.revoked_at, spend_limit_nanos=api_key.spend_limit_nanos,
         spend_limit_period=period, spent_nanos=spent, period_resets_at=resets_at)

@@ -18,6 +18,6 @@ class Migration(migrations.Migration):
     dependencies = [
         ("metering", "0008_unit_prices_key_spend"),
         ("ratelimits", "0003_key_spend"),
-        ("accounts", "0005_apikey_spend_limit"),
+        ("accounts", "0006_apikey_spend_limit"),
     ]
     operations = [migrations.RunPython(forward, migrations.RunPython.noop)]

@@ -25,7 +25,7 @@ REQUEST_FIELDS = {
     ("/internal/v1/accounts/{account_id}", "patch"): {"status", "reason"},
     ("/internal/v1/accounts/{account_id}/purchases", "post"): {"amount_usd", "reference"},
     ("/internal/v1/accounts/{account_id}/api-keys", "post"): {
-        "name", "expires_at", "spend_limit_usd", "spend_limit_period"},
+        "name", "expires_at", "kind", "spend_limit_usd", "spend_limit_period"},
     ("/internal/v1/accounts/{account_id}/grants", "post"): {"amount_usd", "reason",
                                                              "expires_at"},
     ("/internal/v1/models/{model_id}", "put"): {"kind", "params_b", "provider",

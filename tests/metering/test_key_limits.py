@@ -75,7 +75,8 @@ def test_a_key_is_created_read_and_changed_with_its_limit(api):
     key_id = body["id"]
 
     read = api.get(keys_url(customer, key_id)).json()
-    assert set(read) == {"id", "name", "prefix", "created_at", "last_used_at", "revoked_at",
+    assert set(read) == {"id", "name", "prefix", "kind", "created_at", "last_used_at",
+                         "revoked_at",
                          "spend_limit_usd", "spend_limit_period", "spent_usd",
                          "period_resets_at"}
     assert "key" not in read and read["spent_usd"] == "0.000000000"

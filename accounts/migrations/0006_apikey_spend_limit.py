@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_account_fillfactor'),
+        ('accounts', '0005_api_key_kind'),
     ]
 
     operations = [
