@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from playwright.sync_api import sync_playwright
 
 from console.demo import totp_code_now
 from console.models import StaffAction
@@ -25,22 +24,21 @@ pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
 
 
 @pytest.fixture
-def page(monkeypatch):
-    """A Chromium page for this test alone. Playwright runs an event loop on the test's
-    thread while it is up, which hides the test database's per-thread state from Django:
-    it is started after the database is set up and stopped before it is torn down."""
+def page(monkeypatch, playwright):
+    """A Chromium page for this test alone, on the session's Playwright (pytest-playwright's
+    `playwright` fixture, which the dashboard's browser tests use too: a second Playwright
+    in the same thread would find the first one's event loop running)."""
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
     # The test's own ORM calls beside Playwright's loop are still synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync"])
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--no-first-run", "--disable-sync"])
+    try:
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+    finally:
+        browser.close()
 
 
 def shoot(page, name: str) -> None:
