@@ -18,6 +18,9 @@ from tests.runpath import customer_create
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "console"
 WIDTHS = {"phone": (375, 812), "desktop": (1280, 900)}
+# The session's Playwright runs an event loop in the test thread from its first use on
+# (possibly before this test's database set-up): the ORM work beside it is synchronous.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
