@@ -175,7 +175,8 @@ def card_setup_intent_view(request):
         amount_form = PurchaseAmountForm(request.POST)
         if not amount_form.is_valid():
             return JsonResponse({"message": "Check the amount.",
-                                 "fields": amount_form.errors}, status=400)
+                                 "fields": amount_form.errors.get_json_data()},
+                                status=400)
     try:
         setup = payments.card_setup_start(account_id=_account_id(request))
     except ApplicationError as exc:

@@ -10,27 +10,33 @@
     return input ? input.value : "";
   }
 
+  // Errors go where the server puts them: an .errorlist inside the field's .field box.
   function showErrors(form, fields, fallback) {
     let shown = false;
     Object.entries(fields || {}).forEach(([name, reasons]) => {
-      const box = form.querySelector(`[data-error-for="${name}"]`);
+      const input = form.querySelector(`[name="${name}"]:not([type=hidden])`) ||
+        form.querySelector(`[data-field="${name}"]`);
+      const box = input && input.closest(".field");
       if (!box) return;
-      box.replaceChildren(...reasons.map((reason) => {
-        const p = document.createElement("p");
-        p.textContent = typeof reason === "string" ? reason : reason.message;
-        return p;
-      }));
-      box.closest(".field")?.classList.add("field-invalid");
+      box.querySelector(".errorlist")?.remove();
+      const list = document.createElement("ul");
+      list.className = "errorlist";
+      list.setAttribute("role", "alert");
+      reasons.forEach((reason) => {
+        const item = document.createElement("li");
+        item.textContent = typeof reason === "string" ? reason : reason.message;
+        list.append(item);
+      });
+      box.append(list);
+      box.classList.add("has-error");
       shown = true;
     });
-    if (!shown && fallback) {
-      showErrors(form, { card: [fallback] });
-    }
+    if (!shown && fallback) showErrors(form, { card_details: [fallback] });
   }
 
   function clearErrors(form) {
-    form.querySelectorAll("[data-error-for]").forEach((box) => box.replaceChildren());
-    form.querySelectorAll(".field-invalid").forEach((el) => el.classList.remove("field-invalid"));
+    form.querySelectorAll(".field .errorlist").forEach((list) => list.remove());
+    form.querySelectorAll(".has-error").forEach((el) => el.classList.remove("has-error"));
   }
 
   function setupCardForm(form) {
@@ -44,14 +50,6 @@
     const submit = form.querySelector("[data-submit]");
     const status = form.querySelector("[data-form-status]");
     const submitLabel = submit.textContent;
-    let cardErrorBox = form.querySelector('[data-error-for="card"]');
-    if (!cardErrorBox) {
-      cardErrorBox = document.createElement("div");
-      cardErrorBox.className = "field-errors";
-      cardErrorBox.dataset.errorFor = "card";
-      cardErrorBox.setAttribute("role", "alert");
-      mountPoint.after(cardErrorBox);
-    }
 
     const wantsNewCard = () => !select || select.value === form.dataset.newCardValue;
     const toggle = () => { newCardBox.hidden = !wantsNewCard(); };
@@ -87,7 +85,7 @@
           payment_method: { card },
         });
         if (result.error) {
-          showErrors(form, { card: [result.error.message || "The card was declined."] });
+          showErrors(form, { card_details: [result.error.message || "The card was declined."] });
           busy(null);
           return;
         }
@@ -96,7 +94,7 @@
         busy(form.querySelector("input[name=amount]") ? "Paying…" : "Saving…");
         form.submit();
       } catch (error) {
-        showErrors(form, { card: ["The payment processor could not be reached. Try again."] });
+        showErrors(form, { card_details: ["The payment processor could not be reached. Try again."] });
         busy(null);
       }
     });
