@@ -1,13 +1,10 @@
+import os
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
-from accounts.services import account_create, api_key_create
-from billing.ledger import Book
-from billing.models import Purchase
-from billing.services import purchase_record
 from metering.services import model_upsert
 
 USD = 10**9
@@ -37,20 +34,17 @@ class Command(BaseCommand):
         if admin is None:
             User.objects.create_superuser("admin@example.com", admin_password)
 
-        account, _ = account_create(email="demo@example.com")
-        user = account.user
-        if not user.has_usable_password():
-            user.set_password(customer_password)
-            user.save(update_fields=["password"])
-        purchase_record(account_id=account.id, amount_nanos=25 * USD,
-                        reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
-                        cash_book=Book.EXTERNAL_CASH)
-        _, key = api_key_create(account_id=account.id, name="demo")
+        from dashboard.demo import demo_customer_seed, payg_price_configure
+
+        payg_price_configure(price_id=os.environ.get("DEMO_PAYG_STRIPE_PRICE_ID", ""))
+        demo, key = demo_customer_seed(email="demo@example.com", password=customer_password)
+        account = demo.account
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
         self.stdout.write(f"  staff console:   /admin/  admin@example.com / {admin_password}")
-        self.stdout.write(f"  demo customer:   demo@example.com, account {account.id}")
+        self.stdout.write(f"  demo customer:   / (the dashboard)  demo@example.com / "
+                          f"{customer_password}  (account {account.id})")
         self.stdout.write(f"  demo API key:    {key}")
         self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
         self.stdout.write(f"  service token:   {token}")
