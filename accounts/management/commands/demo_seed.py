@@ -1,6 +1,7 @@
 import os
 from decimal import Decimal
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -39,6 +40,10 @@ class Command(BaseCommand):
         payg_price_configure(price_id=os.environ.get("DEMO_PAYG_STRIPE_PRICE_ID", ""))
         demo, key = demo_customer_seed(email="demo@example.com", password=customer_password)
         account = demo.account
+        # The demo customer's email counts as verified: the dashboard's login lets it in.
+        EmailAddress.objects.update_or_create(
+            user=account.user, email=account.user.email,
+            defaults={"verified": True, "primary": True})
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
