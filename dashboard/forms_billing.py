@@ -21,12 +21,11 @@ class DollarsField(forms.CharField):
     def __init__(self, *, whole_cents: bool = True, allow_zero: bool = False, **kwargs):
         self.whole_cents = whole_cents
         self.allow_zero = allow_zero
-        kwargs.setdefault("max_length", 16)
         super().__init__(**kwargs)
 
     def widget_attrs(self, widget):
         attrs = super().widget_attrs(widget)
-        attrs.update({"inputmode": "decimal", "autocomplete": "off", "class": "money-input"})
+        attrs.update({"inputmode": "decimal", "autocomplete": "off", "maxlength": "16"})
         return attrs
 
     def prepare_value(self, value):
@@ -34,6 +33,10 @@ class DollarsField(forms.CharField):
 
     def to_python(self, value):
         text = super().to_python(value)
+        if text in self.empty_values:
+            return None
+        if len(text) > 16:
+            raise forms.ValidationError("Enter an amount in dollars, like 25.00.")
         if text in self.empty_values:
             return None
         text = text.strip().removeprefix("$").replace(",", "").strip()
