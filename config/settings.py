@@ -178,9 +178,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-# Production serves collected files (`manage.py collectstatic`); development and tests
-# serve them straight from the apps.
-WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
+# Static files are served from the apps unless collected (`manage.py collectstatic`,
+# then WHITENOISE_USE_FINDERS=0 for compressed, long-cached copies).
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
 EMAIL_BACKEND = os.environ.get(
     "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"

@@ -90,9 +90,11 @@ def test_money_records_cannot_be_edited_or_deleted_in_the_admin(staff_client):
     assert CreditLot.objects.values().get(pk=lot.pk) == before
 
 
-def test_the_service_root_leads_to_the_staff_console(client):
-    response = client.get("/", follow=True)
+def test_staff_log_in_at_the_console_and_customers_at_the_root(client):
+    console = client.get("/admin/", follow=True)
+    assert console.redirect_chain[0][0].startswith("/admin/login/")
+    assert "Log in" in console.content.decode()
 
-    assert response.redirect_chain[0] == ("/admin/", 302)
-    assert response.status_code == 200
-    assert "Log in" in response.content.decode()
+    root = client.get("/")
+    assert root.status_code == 200
+    assert 'action="/account/login/"' in root.content.decode()
