@@ -1,4 +1,8 @@
-"""The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
+"""Run on its own: `pytest tests/dashboard/browser_money.py` (not in the default suite yet:
+collected after other database tests, the test database it finds has no serialized copy of
+the seeded tables, so its flush starves later transactional tests; see the report).
+
+The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
 live server on PostgreSQL and localstripe, whose stand-in for Stripe.js renders the card
 form: buy credits with the test card, a declined card, cards, auto-reload. Screenshots of
 each page at 375 and 1280 px go to var/screenshots/."""
@@ -27,6 +31,9 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
 # Playwright's sync API runs an event loop in this thread; the ORM calls of the test
 # itself are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# Against committed data (the live server's thread reads it); the seeded tables (plans,
+# tiers, size classes) are put back after each test.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "a-long-browser-password"
 
@@ -39,7 +46,7 @@ def browser_type_launch_args():
 
 
 @pytest.fixture
-def signed_in(page, live_server, stripe_live):  # noqa: F811
+def signed_in(stripe_live, live_server, page):  # noqa: F811
     account, _ = account_create(email="browser-money@example.com")
     account.user.set_password(PASSWORD)
     account.user.save()
@@ -71,7 +78,7 @@ def shoot(page, name: str) -> None:
 
 
 def test_buying_credits_with_a_new_card_shows_the_balance_and_tier_at_once(
-        page, live_server, signed_in):
+        signed_in, live_server, page):
     account = signed_in
     page.goto(f"{live_server.url}/dashboard/credits/")
     expect(page.locator("[data-balance]")).to_have_text("$1.00")
@@ -98,7 +105,7 @@ def test_buying_credits_with_a_new_card_shows_the_balance_and_tier_at_once(
 
 
 def test_a_card_declined_on_charge_shows_the_reason_and_adds_nothing(
-        page, live_server, signed_in):
+        signed_in, live_server, page):
     account = signed_in
     page.goto(f"{live_server.url}/dashboard/credits/")
     page.select_option("select[name=card]", "new")
@@ -114,7 +121,7 @@ def test_a_card_declined_on_charge_shows_the_reason_and_adds_nothing(
 
 
 def test_a_card_declined_when_saved_shows_the_reason_and_saves_nothing(
-        page, live_server, signed_in):
+        signed_in, live_server, page):
     account = signed_in
     page.goto(f"{live_server.url}/dashboard/credits/")
     page.select_option("select[name=card]", "new")
@@ -129,7 +136,7 @@ def test_a_card_declined_when_saved_shows_the_reason_and_saves_nothing(
 
 
 def test_cards_are_added_made_default_and_removed_and_auto_reload_is_set(
-        page, live_server, signed_in):
+        signed_in, live_server, page):
     account = signed_in
     for number in (GOOD_CARD, "5555555555554444"):
         page.goto(f"{live_server.url}/dashboard/cards/add")
