@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts.models import Account, ApiKey, User
+from config.money import nanos_to_usd
 
 
 @admin.register(User)
@@ -21,7 +22,7 @@ class UserAdmin(BaseUserAdmin):
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
-    fields = ["name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    fields = ["name", "kind", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -55,6 +56,4 @@ class AccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="balance")
     def balance_usd(self, obj):
-        from billing.money import nanos_to_usd
-
         return f"${nanos_to_usd(obj.balance_nanos)}"

@@ -3,16 +3,17 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from accounts.models import ApiKey
 from accounts.selectors import account_summary
 from accounts.serializers import ConcurrencyOutputSerializer, TierOutputSerializer
 from accounts.services import account_get
+from billing.credit import credit_grant, purchase_record
 from billing.customer_apis import CustomerApi
 from billing.ledger import Book
 from billing.models import Purchase
-from billing.money import MoneyField
 from billing.selectors import auto_reload_summary
-from billing.services import credit_grant, purchase_record
 from config.api import AwareDateTimeField, InternalApi, JsonStringField
+from config.money import MoneyField
 from metering.selectors import account_current
 
 
@@ -78,6 +79,8 @@ class GrantCreateApi(InternalApi):
 
 class CreditsApi(CustomerApi):
     """The customer's own credit, read with the customer's API key."""
+
+    key_kinds = (ApiKey.Kind.INFERENCE, ApiKey.Kind.MANAGEMENT)
 
     class OutputSerializer(serializers.Serializer):
         class AutoReloadSerializer(serializers.Serializer):

@@ -16,13 +16,17 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import Account
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
+from billing.cards import card_save, card_setup_start
+from billing.credit import credit_grant, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, Plan, Purchase
-from billing.services import credit_grant, purchase_record
+from billing.purchases import purchase_start
 from config.api import ApplicationError
+from metering.authorize import hold_authorize
 from metering.models import Hold
-from metering.services import Usage, hold_authorize, hold_settle
+from metering.settle import Usage, hold_settle
 
 USD = 10**9
 DAYS = 30
@@ -65,8 +69,6 @@ def _run(*, key: str, model_id: str, request_id: str, at: datetime, rng: random.
 def _card_purchase(*, account_id, amount_nanos: int, at: datetime) -> Purchase | None:
     """Save the test card as the customer's browser would (Stripe.js confirms the
     SetupIntent with the publishable key) and buy credit with it."""
-    from billing.payments import card_save, card_setup_start, purchase_start
-
     setup = card_setup_start(account_id=account_id)
     requests.post(
         f"{settings.STRIPE_API_BASE.rstrip('/')}/v1/setup_intents/{setup.id}/confirm",

@@ -12,6 +12,12 @@ USAGE_MAX_DAYS = 366
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100, strip=True,
                            help_text="To tell your keys apart, e.g. the app that uses it.")
+    kind = forms.ChoiceField(
+        label="Kind", initial=ApiKey.Kind.INFERENCE,
+        choices=[(ApiKey.Kind.INFERENCE, "Inference: runs models"),
+                 (ApiKey.Kind.MANAGEMENT, "Management: buys credits, changes billing")],
+        help_text="An inference key can never spend your card; keep management keys on "
+        "your servers.")
 
 
 class UsageFilterForm(forms.Form):

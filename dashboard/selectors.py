@@ -8,16 +8,17 @@ from decimal import Decimal
 from fractions import Fraction
 
 from django.conf import settings
-from django.db.models import Count, F, Max, Q, QuerySet, Sum
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Max, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from accounts.models import FAR_FUTURE, Account, ApiKey
 from billing.models import CreditLot, Plan, Purchase
-from billing.money import cents_to_nanos, round_half_up
 from billing.selectors import account_subscription, auto_reload_summary, utc_month_bounds
+from config.money import cents_to_nanos, round_half_up
 from metering.models import InferenceModel, SizeClass, UsageRecord
 from metering.selectors import pricing_policy_get
 from ratelimits.models import Tier
+from ratelimits.tiers import tier_window_start
 
 EXPIRY_WARNING_WINDOW = timedelta(days=7)
 SPEND_CHART_DAYS = 30
@@ -70,7 +71,7 @@ def tier_status(*, account: Account, now: datetime) -> TierStatus:
                              purchase_needed_nanos=upper[0].min_purchased_nanos - purchased)
     drop = None
     if account.tier_valid_until < FAR_FUTURE:
-        window_start = now - settings.TIER_WINDOW
+        window_start = tier_window_start(now)
         in_window = list(
             Purchase.objects.filter(account_id=account.id, purchased_at__gt=window_start,
                                     refunded_nanos__lt=F("amount_nanos"))
@@ -160,14 +161,17 @@ def overview_get(*, account: Account, now: datetime) -> Overview:
 
 
 def api_keys_with_month_spend(*, account_id, now: datetime) -> list[ApiKey]:
-    """The account's keys, newest first, each with `.month_spend_nanos` (this UTC month's
-    settled charges). Two queries."""
+    """The account's keys, newest first, each with `.usable` and `.month_spend_nanos`
+    (this UTC month's settled charges). Two queries."""
     start, end = utc_month_bounds(now)
     spend = dict(UsageRecord.objects.filter(account_id=account_id, created_at__gte=start,
                                             created_at__lt=end)
                  .values_list("api_key_id").annotate(total=Sum("charged_nanos"))
                  .values_list("api_key_id", "total").order_by())
-    keys = list(ApiKey.objects.filter(account_id=account_id).order_by("-created_at", "id"))
+    keys = list(ApiKey.objects.filter(account_id=account_id)
+                .annotate(usable=ExpressionWrapper(ApiKey.usable_at(now),
+                                                   output_field=BooleanField()))
+                .order_by("-created_at", "id"))
     for key in keys:
         key.month_spend_nanos = spend.get(key.id, 0)
     return keys
@@ -306,6 +310,3 @@ def model_catalog(*, account: Account, tiers: list[Tier] | None = None) -> dict:
         "platform_fee_percent": Decimal(policy.platform_fee_ppm) / Decimal(10_000),
     }
 
-
-def active_key_filter(now: datetime) -> Q:
-    return Q(revoked_at__isnull=True) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))

@@ -1,7 +1,7 @@
 from django.db import transaction
 
 from accounts.models import Account, User
-from accounts.services import account_create
+from billing.account_opening import account_create
 
 
 @transaction.atomic

@@ -1,5 +1,5 @@
 import csv
-from datetime import UTC
+from datetime import UTC, timedelta
 
 from allauth.account.views import LoginView
 from django.core.paginator import Paginator
@@ -11,7 +11,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.services import api_key_create, api_key_revoke
-from billing.money import nanos_to_usd
+from config.money import nanos_to_usd
 from dashboard.access import customer_view
 from dashboard.charts import spend_chart
 from dashboard.forms import ApiKeyCreateForm, UsageFilterForm
@@ -58,11 +58,10 @@ def overview(request):
 
 def _keys_page(request, *, form, created=None, created_secret=None, status=200):
     keys = api_keys_with_month_spend(account_id=request.account.id, now=timezone.now())
-    now = timezone.now()
     response = render(request, "dashboard/keys.html", {
         "form": form,
-        "active_keys": [k for k in keys if k.is_usable(now)],
-        "inactive_keys": [k for k in keys if not k.is_usable(now)],
+        "active_keys": [k for k in keys if k.usable],
+        "inactive_keys": [k for k in keys if not k.usable],
         "created": created,
         "created_secret": created_secret,
     }, status=status)
@@ -78,7 +77,8 @@ def keys(request):
         form = ApiKeyCreateForm(request.POST)
         if form.is_valid():
             api_key, secret = api_key_create(account_id=request.account.id,
-                                             name=form.cleaned_data["name"])
+                                             name=form.cleaned_data["name"],
+                                             kind=form.cleaned_data["kind"])
             return _keys_page(request, form=ApiKeyCreateForm(), created=api_key,
                               created_secret=secret, status=201)
         return _keys_page(request, form=form, status=400)
@@ -100,8 +100,15 @@ def key_revoke(request, key_id):
 
 def _usage_form(request) -> UsageFilterForm:
     keys = api_keys_with_month_spend(account_id=request.account.id, now=timezone.now())
-    # Always bound: no filter in the URL means the defaults (the last 30 days).
-    return UsageFilterForm(request.GET, model_ids=usage_model_ids(account_id=request.account.id),
+    # Always bound: no filter in the URL means the defaults (the last 30 days), shown in
+    # the date fields.
+    data = request.GET.copy()
+    today = timezone.now().date()
+    if not data.get("end"):
+        data["end"] = today.isoformat()
+    if not data.get("start"):
+        data["start"] = (today - timedelta(days=29)).isoformat()
+    return UsageFilterForm(data, model_ids=usage_model_ids(account_id=request.account.id),
                            keys=keys)
 
 

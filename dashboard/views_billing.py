@@ -7,7 +7,7 @@ so another account's ids are 404 and change nothing."""
 
 import uuid
 
-from dashboard.access import customer_view
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
@@ -16,10 +16,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import payments, selectors, subscriptions
+from billing import auto_reload, cards, purchases, selectors, subscriptions
 from billing.models import Payment, Subscription
 from config.api import ApplicationError
 from dashboard import selectors_billing as reads
+from dashboard.access import customer_view
 from dashboard.forms_billing import (
     DEFAULT_CARD,
     NEW_CARD,
@@ -30,6 +31,7 @@ from dashboard.forms_billing import (
     PurchaseAmountForm,
     dollars_text,
 )
+from metering import auto_scale
 from metering.selectors import account_current
 
 PURCHASES_PER_PAGE = 20
@@ -42,8 +44,6 @@ def _account_id(request):
 
 
 def _stripe_context() -> dict:
-    from django.conf import settings
-
     return {"payments_configured": reads.payments_configured(),
             "stripe_js_url": reads.stripe_js_url(),
             "stripe_publishable_key": settings.STRIPE_PUBLISHABLE_KEY}
@@ -113,9 +113,9 @@ def credits_view(request):
     try:
         card_id = data["card"]
         if card_id == NEW_CARD:
-            card_id = payments.card_save(account_id=account_id,
+            card_id = cards.card_save(account_id=account_id,
                                          setup_intent_id=data["setup_intent_id"]).id
-        payment, intent, _ = payments.purchase_start(
+        payment, intent, _ = purchases.purchase_start(
             account_id=account_id, amount_nanos=data["amount"], card_id=card_id,
             confirm=True, client_key=f"dashboard:{data['idempotency_token']}")
     except ApplicationError as exc:
@@ -154,7 +154,7 @@ def purchase_confirm_view(request, payment_id):
     reads.account_payment_get(account_id=account_id, payment_id=payment_id)
     form = _purchase_form(request)
     try:
-        payment, intent = payments.purchase_confirm(account_id=account_id,
+        payment, intent = purchases.purchase_confirm(account_id=account_id,
                                                     payment_id=payment_id)
     except ApplicationError as exc:
         form.add_error("card", exc.message)
@@ -178,7 +178,7 @@ def card_setup_intent_view(request):
                                  "fields": amount_form.errors.get_json_data()},
                                 status=400)
     try:
-        setup = payments.card_setup_start(account_id=_account_id(request))
+        setup = cards.card_setup_start(account_id=_account_id(request))
     except ApplicationError as exc:
         return JsonResponse({"code": exc.code, "message": exc.message}, status=exc.status)
     return JsonResponse({"setup_intent_id": setup.id, "client_secret": setup.client_secret},
@@ -229,7 +229,7 @@ def card_add_view(request):
         return _cards_page(request, form=form, status=400,
                            template="dashboard/cards/card_add.html")
     try:
-        card = payments.card_save(account_id=_account_id(request),
+        card = cards.card_save(account_id=_account_id(request),
                                   setup_intent_id=form.cleaned_data["setup_intent_id"])
     except ApplicationError as exc:
         form.add_error(None, exc.message)
@@ -245,7 +245,7 @@ def card_default_view(request, card_id):
     account_id = _account_id(request)
     card = reads.account_card_get(account_id=account_id, card_id=card_id)
     try:
-        payments.card_default_set(account_id=account_id, card_id=card.id)
+        cards.card_default_set(account_id=account_id, card_id=card.id)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("dashboard:cards")
@@ -268,7 +268,7 @@ def card_remove_view(request, card_id):
                 profile.auto_reload_card_id == card.id
                 or (profile.auto_reload_card_id is None and profile.default_card_id == card.id))})
     try:
-        payments.card_remove(account_id=account_id, card_id=card.id)
+        cards.card_remove(account_id=account_id, card_id=card.id)
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return redirect("dashboard:cards")
@@ -324,7 +324,7 @@ def auto_reload_view(request):
         scale_form = AutoScaleForm(request.POST)
         if not scale_form.is_valid():
             return _auto_reload_page(request, scale_form=scale_form, status=400)
-        payments.auto_scale_settings_set(
+        auto_scale.auto_scale_settings_set(
             account_id=account_id,
             max_monthly_nanos=scale_form.cleaned_data["max_monthly_spend"])
         messages.success(request, "Auto-scale settings saved.")
@@ -334,12 +334,12 @@ def auto_reload_view(request):
     if not reload_form.is_valid():
         return _auto_reload_page(request, reload_form=reload_form, status=400)
     data = reload_form.cleaned_data
-    wanted = payments.AutoReloadSettings(
+    wanted = auto_reload.AutoReloadSettings(
         enabled=data["enabled"], threshold_nanos=data["threshold"],
         amount_nanos=data["amount"], monthly_max_nanos=data["monthly_max"],
         card_id=uuid.UUID(data["card"]) if data["card"] else None)
     try:
-        payments.auto_reload_settings_set(account_id=account_id, settings_=wanted)
+        auto_reload.auto_reload_settings_set(account_id=account_id, settings_=wanted)
     except ApplicationError as exc:
         _service_error_to_form(reload_form, exc,
                                default_field="card" if exc.code == "no_card" else None)
@@ -364,7 +364,7 @@ def _plan_page(request, *, error=None, status=200):
     return render(request, "dashboard/billing/plan.html", {
         "account": account, "plans": reads.plans(), "subscription": live,
         "last_subscription": subscription, "error": error,
-        "has_card": payments.usable_card(profile.default_card_id) is not None,
+        "has_card": cards.usable_card(profile.default_card_id) is not None,
         "nav_section": "dashboard:plan", **_stripe_context()}, status=status)
 
 

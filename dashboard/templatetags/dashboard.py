@@ -1,6 +1,6 @@
 from django import template
 
-from billing.money import NANOS_PER_USD
+from config.money import NANOS_PER_USD
 from dashboard.navigation import nav_links
 
 register = template.Library()
@@ -33,6 +33,14 @@ def usd(nanos, places=None) -> str:
         digits = digits.ljust(2, "0")
     text = _group_thousands(whole) + ("." + digits if digits else "")
     return f"{sign}${text}"
+
+
+@register.filter
+def thousands(value) -> str:
+    """A whole count with thousands separators: 690900 -> "690,900"."""
+    if value is None or value == "":
+        return ""
+    return f"{int(value):,}"
 
 
 @register.simple_tag(takes_context=True)

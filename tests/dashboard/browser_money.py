@@ -15,7 +15,7 @@ import pytest
 from allauth.account.models import EmailAddress
 from playwright.sync_api import expect
 
-from accounts.services import account_create
+from billing.account_opening import account_create
 from billing.models import BillingProfile, Card, CreditLot, Payment
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     DECLINED_ON_CHARGE,

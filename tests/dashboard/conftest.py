@@ -11,10 +11,12 @@ from allauth.account.models import EmailAddress
 from django.test import Client
 
 from accounts.models import Account, ApiKey
-from metering.services import Usage, hold_authorize, hold_settle
+from metering.authorize import hold_authorize
+from metering.settle import Usage, hold_settle
 from tests.runpath import (
     MODEL_7B,
     MODEL_CLOSED,
+    MODEL_CLOSED_CHEAP,
     catalog,
     customer_create,
     eager_tasks,
@@ -41,8 +43,9 @@ class Customer:
         return ApiKey.objects.get(id=self.key_id)
 
 
-def customer_signed_in(*, purchased_usd=None, now: datetime | None = None) -> Customer:
-    made = customer_create(purchased_usd=purchased_usd, now=now)
+def customer_signed_in(*, purchased_usd=None, now: datetime | None = None,
+                       plan: str | None = None) -> Customer:
+    made = customer_create(purchased_usd=purchased_usd, now=now, plan=plan)
     account = made.account()
     user = account.user
     user.set_password(PASSWORD)
@@ -60,7 +63,7 @@ def run_settled(customer: Customer, *, model_id: str = MODEL_7B, seconds: int = 
     """One run authorized and settled, as the gateway reports it."""
     auth = hold_authorize(api_key=key or customer.key, model_id=model_id,
                           request_id=f"req-{uuid.uuid4().hex}", now=now)
-    if model_id == MODEL_CLOSED:
+    if model_id in (MODEL_CLOSED, MODEL_CLOSED_CHEAP):
         usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
     else:
         usage = Usage(inference_seconds=Decimal(seconds))

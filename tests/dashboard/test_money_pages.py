@@ -6,9 +6,9 @@ import uuid
 import pytest
 from django.test import Client
 
-from accounts.services import account_create
+from billing.account_opening import account_create
+from billing.credit import purchase_record
 from billing.models import BillingProfile, Card, CreditLot, Payment, Purchase
-from billing.services import purchase_record
 from tests.support import USD, account_state, db_counts
 
 

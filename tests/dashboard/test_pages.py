@@ -9,9 +9,9 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from billing.credit import credit_grant, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, Purchase
-from billing.services import credit_grant, purchase_record
 from dashboard.templatetags.dashboard import usd
 from tests.dashboard.conftest import customer_signed_in, run_settled
 from tests.runpath import MODEL_7B, MODEL_35B, MODEL_CLOSED
@@ -94,7 +94,8 @@ def test_overview_renders_in_a_bounded_number_of_queries(customer,
 
 
 def test_create_a_key_shows_its_secret_once(customer):
-    response = customer.client.post("/dashboard/keys/", {"name": "  production app "})
+    response = customer.client.post("/dashboard/keys/", {"name": "  production app ",
+                                                          "kind": "inference"})
 
     assert response.status_code == 201
     assert response["Cache-Control"] == "no-store"
@@ -113,13 +114,26 @@ def test_create_a_key_shows_its_secret_once(customer):
 def test_a_bad_key_name_shows_the_error_next_to_the_field_and_creates_nothing(customer):
     before = account_state(customer.account_id)
 
-    for name in ("", "   ", "x" * 101):
-        response = customer.client.post("/dashboard/keys/", {"name": name})
+    for data in ({"name": "", "kind": "inference"}, {"name": "   ", "kind": "inference"},
+                 {"name": "x" * 101, "kind": "inference"}, {"name": "ok", "kind": "admin"},
+                 {"name": "ok"}):
+        response = customer.client.post("/dashboard/keys/", data)
         assert response.status_code == 400
         assert 'class="field has-error"' in text(response)
         assert 'id="new-key-secret"' not in text(response)
 
     assert account_state(customer.account_id) == before
+
+
+def test_a_management_key_is_made_on_the_page_and_shown_as_such(customer):
+    response = customer.client.post("/dashboard/keys/", {"name": "billing server",
+                                                          "kind": "management"})
+
+    assert response.status_code == 201
+    key = ApiKey.objects.get(account_id=customer.account_id, name="billing server")
+    assert key.kind == ApiKey.Kind.MANAGEMENT
+    row = text(customer.client.get("/dashboard/keys/")).split("billing server")[1]
+    assert "Management" in row.split("</tr>")[0]
 
 
 def test_keys_list_this_months_spend_and_last_use(customer):

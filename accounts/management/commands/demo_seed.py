@@ -6,7 +6,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
-from metering.services import model_upsert
+from accounts.services import api_key_create
+from dashboard.demo import demo_customer_seed, payg_price_configure
+from metering.catalog import model_upsert
 
 USD = 10**9
 DEMO_MODELS = [
@@ -35,8 +37,6 @@ class Command(BaseCommand):
         if admin is None:
             User.objects.create_superuser("admin@example.com", admin_password)
 
-        from dashboard.demo import demo_customer_seed, payg_price_configure
-
         payg_price_configure(price_id=os.environ.get("DEMO_PAYG_STRIPE_PRICE_ID", ""))
         demo, key = demo_customer_seed(email="demo@example.com", password=customer_password)
         account = demo.account
@@ -44,6 +44,8 @@ class Command(BaseCommand):
         EmailAddress.objects.update_or_create(
             user=account.user, email=account.user.email,
             defaults={"verified": True, "primary": True})
+        _, management_key = api_key_create(account_id=account.id, name="demo management",
+                                           kind="management")
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
@@ -52,6 +54,9 @@ class Command(BaseCommand):
                           f"{customer_password}  (account {account.id})")
         self.stdout.write(f"  demo API key:    {key}")
         self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
+        self.stdout.write(f"  management key:  {management_key}")
+        self.stdout.write("                   (the money calls of /api/v1/: cards, purchases, "
+                          "auto-reload...)")
         self.stdout.write(f"  service token:   {token}")
         self.stdout.write("                   (the internal API, /internal/v1/, documented at "
                           "/internal/v1/docs)")
