@@ -1,6 +1,7 @@
 """Customer API keys on /api/v1/: `Authorization: <key>` or `Authorization: Bearer <key>`."""
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
@@ -39,3 +40,14 @@ class CustomerKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return "Bearer"
+
+
+class CustomerKeyScheme(OpenApiAuthenticationExtension):
+    """Documents the customer's API key in the OpenAPI schema (registered on import)."""
+
+    target_class = CustomerKeyAuthentication
+    name = "customerApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "The customer's API key (bk_...)."}

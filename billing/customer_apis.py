@@ -377,7 +377,7 @@ class SubscriptionDetailApi(CustomerApi):
                                      plan_code=data.validated_data["plan"])
         return Response(self._body(request), status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=CancelInputSerializer, responses=OutputSerializer,
+    @extend_schema(request=CancelInputSerializer, responses={200: OutputSerializer},
                    summary="Cancel the subscription (at the end of the paid period by default)")
     def delete(self, request):
         data = self.CancelInputSerializer(data=request.data or {})
