@@ -1,9 +1,10 @@
 """Forms of the money pages: credits, cards, auto-reload and auto-scale, plan. They read
 dollars as the customer types them and hand the services integer nano-dollars."""
 
-from billing.money import NANOS_PER_CENT, MoneyFormatError, nanos_to_usd, usd_to_nanos
 from django import forms
 from django.conf import settings
+
+from config.money import NANOS_PER_CENT, MoneyFormatError, nanos_to_usd, usd_to_nanos
 
 
 def dollars_text(nanos: int) -> str:
