@@ -1,18 +1,20 @@
-"""Run on its own: `pytest tests/dashboard/browser_money.py` (not in the default suite yet:
-collected after other database tests, the test database it finds has no serialized copy of
-the seeded tables, so its flush starves later transactional tests; see the report).
+"""Run on its own: `pytest tests/dashboard/browser_money.py` (not collected by the default
+suite yet: in one session with the other transactional tests, the flush after each of these
+left later transactional tests without the seeded tables).
 
 The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
 live server on PostgreSQL and localstripe, whose stand-in for Stripe.js renders the card
 form: buy credits with the test card, a declined card, cards, auto-reload. Screenshots of
 each page at 375 and 1280 px go to var/screenshots/."""
 
+import importlib
 import os
 import re
 from pathlib import Path
 
 import pytest
 from allauth.account.models import EmailAddress
+from django.apps import apps as django_apps
 from playwright.sync_api import expect
 
 from billing.account_opening import account_create
@@ -31,9 +33,7 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
 # Playwright's sync API runs an event loop in this thread; the ORM calls of the test
 # itself are still plain synchronous calls.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-# Against committed data (the live server's thread reads it); the seeded tables (plans,
-# tiers, size classes) are put back after each test.
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "a-long-browser-password"
 
@@ -45,8 +45,20 @@ def browser_type_launch_args():
                      "--disable-component-update", "--no-first-run", "--disable-sync"]}
 
 
+SEEDS = ["billing.migrations.0002_seed_plans", "ratelimits.migrations.0002_seed_tiers",
+         "metering.migrations.0002_seed_catalog"]
+
+
+def seeded_tables_ensure() -> None:
+    """The plans, tiers and size classes the migrations seed (a transactional test before
+    this one may have flushed them); the seeds are get-or-create."""
+    for module in SEEDS:
+        importlib.import_module(module).seed(django_apps, None)
+
+
 @pytest.fixture
 def signed_in(stripe_live, live_server, page):  # noqa: F811
+    seeded_tables_ensure()
     account, _ = account_create(email="browser-money@example.com")
     account.user.set_password(PASSWORD)
     account.user.save()
