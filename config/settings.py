@@ -43,7 +43,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # the Django admin, on the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -59,6 +59,9 @@ INSTALLED_APPS = [
     "allauth.account",
     "allauth.mfa",
     "dashboard",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "console.apps.ConsoleConfig",
 ]
 
 MIDDLEWARE = [
@@ -68,6 +71,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # the console's second factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
@@ -283,6 +287,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Staff console ------------------------------------------------------------------------
+# The most a member of the Support group may grant in one action (Finance: no limit).
+STAFF_SUPPORT_GRANT_LIMIT_USD = env_int("STAFF_SUPPORT_GRANT_LIMIT_USD", 50)
+# The issuer shown in staff members' authenticator apps.
+OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Billing console")
 
 # --- Run path -----------------------------------------------------------------------------
 HOLD_LEASE = timedelta(seconds=env_int("HOLD_LEASE_SECONDS", 120))

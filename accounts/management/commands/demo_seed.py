@@ -5,8 +5,8 @@ from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from accounts.models import User
 from accounts.services import api_key_create
+from console.demo import demo_staff_ensure
 from dashboard.demo import demo_customer_seed, payg_price_configure
 from metering.catalog import model_upsert
 
@@ -33,9 +33,8 @@ class Command(BaseCommand):
         for model in DEMO_MODELS:
             model_upsert(**model)
 
-        admin = User.objects.filter(email="admin@example.com").first()
-        if admin is None:
-            User.objects.create_superuser("admin@example.com", admin_password)
+        staff_lines = demo_staff_ensure(admin_email="admin@example.com",
+                                        password=admin_password)
 
         payg_price_configure(price_id=os.environ.get("DEMO_PAYG_STRIPE_PRICE_ID", ""))
         demo, key = demo_customer_seed(email="demo@example.com", password=customer_password)
@@ -49,7 +48,9 @@ class Command(BaseCommand):
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
-        self.stdout.write(f"  staff console:   /admin/  admin@example.com / {admin_password}")
+        self.stdout.write("  staff console:   /admin/  (password, then the authenticator code)")
+        for line in staff_lines:
+            self.stdout.write(line)
         self.stdout.write(f"  demo customer:   / (the dashboard)  demo@example.com / "
                           f"{customer_password}  (account {account.id})")
         self.stdout.write(f"  demo API key:    {key}")
