@@ -19,6 +19,7 @@ from accounts.locks import account_lock
 from accounts.models import FAR_FUTURE, Account
 from billing.ledger import Book, Kind, Leg, ledger_post
 from billing.models import CreditLot, LowBalanceEvent, Plan, Purchase
+from billing.notifications import low_balance_email_enqueue, purchase_receipt_email_enqueue
 from config.api import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def purchase_record(*, account_id: UUID, amount_nanos: int, reference: str, kind
     purchase = Purchase.objects.create(account=account, kind=kind, amount_nanos=amount_nanos,
                                        reference=reference, lot=lot, purchased_at=now)
     account_tier_refresh(account=account, now=now)
+    purchase_receipt_email_enqueue(purchase_id=purchase.id)
     return purchase, True
 
 
@@ -209,6 +211,7 @@ def low_balance_event_dispatch(*, event_id: int) -> None:
         auto_reload_for_crossing.delay(event_id)
     except Exception:
         logger.exception("could not enqueue auto-reload for low-balance event %s", event_id)
+    low_balance_email_enqueue(low_balance_event_id=event_id)
 
 
 def credit_lots_expire(*, account: Account, now: datetime) -> int:
