@@ -31,8 +31,11 @@ run: setup
 		echo "Service: http://127.0.0.1:8000/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
 		exec $(BIN)/python manage.py runserver 127.0.0.1:8000'
 
-# The whole test suite against the local PostgreSQL and Redis.
+# The whole test suite against the local PostgreSQL and Redis, after the linters (ruff,
+# and import-linter: the apps depend one way, see README "Layout").
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
 
 # The run-path benchmark against its baseline, under gunicorn (bench/README.md); about
@@ -42,6 +45,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 worker: setup
 	$(BIN)/celery -A config worker -l info

@@ -1,25 +1,12 @@
 """Customer API keys on /api/v1/: `Authorization: <key>` or `Authorization: Bearer <key>`."""
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import ApiKey
-from accounts.services import api_key_hash, api_key_touch
-from config.api import ApplicationError
-
-
-class InvalidApiKey(ApplicationError):
-    status = 401
-    code = "invalid_api_key"
-    message = "The API key is unknown, revoked or expired."
-
-
-class InsufficientScope(ApplicationError):
-    status = 403
-    code = "insufficient_scope"
-    message = ("This call needs a management key. An inference key runs models and reads "
-               "the credit; it never spends money or changes money settings.")
+from accounts.services import InvalidApiKey, api_key_hash, api_key_touch
 
 
 def presented_api_key(request) -> str:
@@ -37,11 +24,22 @@ class CustomerKeyAuthentication(BaseAuthentication):
             raise exceptions.NotAuthenticated()
         now = timezone.now()
         api_key = (ApiKey.objects.select_related("account__user")
-                   .filter(key_hash=api_key_hash(key)).first())
-        if api_key is None or not api_key.is_usable(now):
+                   .filter(ApiKey.usable_at(now), key_hash=api_key_hash(key)).first())
+        if api_key is None:
             raise InvalidApiKey()
         api_key_touch(api_key_id=api_key.id, now=now)
         return api_key.account.user, api_key
 
     def authenticate_header(self, request):
         return "Bearer"
+
+
+class CustomerKeyScheme(OpenApiAuthenticationExtension):
+    """Documents the customer's API key in the OpenAPI schema (registered on import)."""
+
+    target_class = CustomerKeyAuthentication
+    name = "customerApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "The customer's API key (bk_...)."}

@@ -26,6 +26,11 @@ def env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
@@ -66,6 +71,9 @@ MIDDLEWARE = [
 ]
 # Served by config.wsgi's machine handler: the internal API and the health check.
 MACHINE_PATH_PREFIXES = ("/internal/", "/healthz")
+# Callers that read JSON, never an HTML error page (config/api.py handler400/500).
+MACHINE_ERROR_PATH_PREFIXES = ("/internal/", "/api/", "/stripe/", "/healthz", "/readyz",
+                               "/metrics")
 # ...except the API's description, which staff signed in to the console read in a browser.
 BROWSER_PATH_PREFIXES = ("/internal/v1/schema", "/internal/v1/docs")
 MACHINE_MIDDLEWARE = [
@@ -105,6 +113,15 @@ if DATABASE_URL:
     _prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5)
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
         _prepare_threshold or None)
+    # Every wait on PostgreSQL is bounded, well under the gateway's patience: a call that
+    # cannot connect, waits on a row lock held elsewhere, or runs away is refused (the
+    # contract's 503, safe to retry) instead of holding a server thread that every other
+    # account's calls queue behind. Long maintenance commands lift the statement limit.
+    DATABASES["default"]["OPTIONS"].update({
+        "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 3),
+        "options": (f"-c lock_timeout={env_int('DATABASE_LOCK_TIMEOUT_MS', 5_000)} "
+                    f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 15_000)}"),
+    })
 else:
     DATABASES = {
         "default": {
@@ -123,6 +140,12 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "billing"),
+            # Redis answers in well under a millisecond; one that does not answer in this
+            # long is down or frozen, and the call that needs it answers 503 at once.
+            "OPTIONS": {
+                "socket_connect_timeout": env_float("REDIS_CONNECT_TIMEOUT_SECONDS", 0.5),
+                "socket_timeout": env_float("REDIS_TIMEOUT_SECONDS", 0.5),
+            },
         }
     }
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
@@ -136,7 +159,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600,
+                                   "socket_connect_timeout": 1, "socket_timeout": 2}
+# A task enqueued after a commit (auto-reload for a crossing) must not hold the caller when
+# the broker is down: one quick try; the periodic sweeps pick up what was not enqueued.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0,
+                                    "interval_step": 0.2, "interval_max": 0.2}
 CELERY_BEAT_SCHEDULE = {
     "expire-due-credit-lots": {
         "task": "billing.tasks.credit_lots_expire_due",
@@ -214,6 +242,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Bodies are documented as what they are, JSON (config.parsers.JsonBodyParser reads any).
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.error_responses_hook",
+    ],
 }
 
 # Service tokens for /internal/v1/ (comma-separated).
@@ -231,6 +263,10 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 # Webhooks older than this (by their signed timestamp) are refused as replays.
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# How long a refund or dispute of one of our customers waits (answered 500, so Stripe
+# delivers it again) for the purchase it reverses before it is acknowledged as not ours.
+STRIPE_EVENT_PURCHASE_WAIT = timedelta(
+    hours=env_int("STRIPE_EVENT_PURCHASE_WAIT_HOURS", 24))
 # The one class that talks to Stripe (billing/stripe_gateway.py).
 BILLING_STRIPE_GATEWAY = os.environ.get("BILLING_STRIPE_GATEWAY",
                                         "billing.stripe_gateway.StripeGateway")

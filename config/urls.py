@@ -44,3 +44,6 @@ urlpatterns = [
     path("api/v1/", include(public_v1)),
     path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
 ]
+
+handler400 = "config.api.handler400"
+handler500 = "config.api.handler500"

@@ -9,7 +9,6 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
-from billing.money import MoneyField, UsdNanos, nanos_to_usd
 from config.api import (
     ApplicationError,
     InternalApi,
@@ -17,19 +16,26 @@ from config.api import (
     JsonStringField,
     LeanInternalApi,
 )
-from metering.models import InferenceModel
+from config.money import MoneyField, UsdNanos, nanos_to_usd
+from metering.authorize import hold_authorize
+from metering.catalog import ModelNotFound, model_upsert
+from metering.holds import hold_heartbeat, hold_release
+from metering.models import Hold, InferenceModel
 from metering.selectors import model_get, size_class_for
-from metering.services import (
-    ModelNotFound,
-    Usage,
-    hold_authorize,
-    hold_heartbeat,
-    hold_release,
-    hold_settle,
-    model_upsert,
-)
+from metering.settle import Settlement, Usage, hold_settle
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
+# A model id is a path of segments (meta-llama/Llama-3-70b): none empty, "." or "..", which
+# a URL would collapse (the model could never be addressed again).
+MODEL_ID_BAD_SEGMENTS = {"", ".", ".."}
+
+
+def model_id_problem(model_id: str) -> str | None:
+    if not MODEL_ID_RE.fullmatch(model_id):
+        return "Letters, digits and . _ : @ + / -, at most 200 characters."
+    if MODEL_ID_BAD_SEGMENTS & set(model_id.split("/")):
+        return "No empty, \".\" or \"..\" segment between slashes."
+    return None
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
 
 
@@ -74,9 +80,9 @@ class ModelDetailApi(InternalApi):
     @extend_schema(request=InputSerializer, responses={200: dict},
                    summary="Create or replace a model")
     def put(self, request, model_id):
-        if not MODEL_ID_RE.match(model_id):
-            raise serializers.ValidationError({"model_id": [
-                "Letters, digits and . _ : @ + / -, at most 200 characters."]})
+        problem = model_id_problem(model_id)
+        if problem:
+            raise serializers.ValidationError({"model_id": [problem]})
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -104,7 +110,10 @@ MAX_TOKENS = 10**9
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# Identifiers never contain NUL or other control characters (PostgreSQL refuses NUL in
+# text; the others are never meant).
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200,
+                                        pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 def as_decimal(seconds: float | None) -> Decimal | None:
@@ -134,6 +143,17 @@ def authorization_output(authorization) -> dict:
                  "concurrency": authorization.tier_concurrency},
         "concurrency": {"in_use": authorization.slots_in_use,
                         "limit": authorization.tier_concurrency},
+    }
+
+
+def settlement_output(settlement: Settlement) -> dict:
+    return {
+        "hold_id": str(settlement.hold_id), "status": Hold.Status.SETTLED,
+        "charged_usd": nanos_to_usd(settlement.charged_nanos),
+        "billed_seconds": settlement.billed_seconds,
+        "balance_usd": nanos_to_usd(settlement.balance_after_nanos),
+        "available_usd": nanos_to_usd(settlement.available_after_nanos),
+        "unpaid_usd": nanos_to_usd(settlement.unpaid_nanos),
     }
 
 
@@ -185,7 +205,7 @@ class HoldAuthorizeApi(LeanInternalApi):
             byok=data.byok, auto_scale=data.auto_scale,
             estimate_seconds=as_decimal(estimate.seconds),
             estimate_input_tokens=estimate.input_tokens,
-            estimate_max_output_tokens=estimate.max_output_tokens, request=request)
+            estimate_max_output_tokens=estimate.max_output_tokens)
         return JsonResponse(authorization_output(authorization))
 
 
@@ -218,12 +238,12 @@ class HoldSettleApi(LeanInternalApi):
             missing = "output_tokens" if data.output_tokens is None else "input_tokens"
             raise ApplicationError(extra={"fields": {missing: [
                 "Send both input_tokens and output_tokens."]}})
-        result = hold_settle(hold_id=hold_id, usage=Usage(
+        settlement = hold_settle(hold_id=hold_id, usage=Usage(
             inference_seconds=as_decimal(data.inference_seconds),
             load_seconds=as_decimal(data.load_seconds),
             input_tokens=data.input_tokens, output_tokens=data.output_tokens,
             provider_cost_nanos=data.provider_cost_usd))
-        return JsonResponse(result)
+        return JsonResponse(settlement_output(settlement))
 
 
 class EmptyInput(BaseModel):
@@ -240,7 +260,9 @@ class HoldReleaseApi(LeanInternalApi):
                    summary="Release a hold: the run did not happen")
     def post(self, request, hold_id):
         EmptyInput.model_validate_json(request.body or b"{}")
-        return JsonResponse(hold_release(hold_id=hold_id))
+        released = hold_release(hold_id=hold_id)
+        return JsonResponse({"hold_id": str(released.hold_id), "status": Hold.Status.RELEASED,
+                             "charged_usd": "0"})
 
 
 class HoldHeartbeatApi(LeanInternalApi):
@@ -252,6 +274,6 @@ class HoldHeartbeatApi(LeanInternalApi):
                    summary="Extend the lease of a long run")
     def post(self, request, hold_id):
         EmptyInput.model_validate_json(request.body or b"{}")
-        result = hold_heartbeat(hold_id=hold_id)
-        return JsonResponse({**result,
-                             "lease_expires_at": iso_datetime(result["lease_expires_at"])})
+        extended = hold_heartbeat(hold_id=hold_id)
+        return JsonResponse({"hold_id": str(extended.hold_id),
+                             "lease_expires_at": iso_datetime(extended.lease_expires_at)})

@@ -10,6 +10,12 @@ import time_machine
 
 from accounts.models import Account
 from billing import tasks
+from billing.credit import (
+    credit_debit,
+    credit_grant,
+    credit_lots_expire_due,
+    purchase_record,
+)
 from billing.ledger import Book
 from billing.models import BillingProfile, CreditLot, LowBalanceEvent, Purchase
 from billing.notifications import (
@@ -17,12 +23,6 @@ from billing.notifications import (
     credit_expiring_lot_ids,
     low_balance_email_send,
     purchase_receipt_email_send,
-)
-from billing.services import (
-    credit_debit,
-    credit_grant,
-    credit_lots_expire_due,
-    purchase_record,
 )
 from notifications.models import EmailNotice
 from notifications.services import (
