@@ -50,8 +50,9 @@ def low_balance_event_open(*, account: Account, threshold_nanos: int,
 
 
 def low_balance_event_dispatch(*, event_id: int) -> None:
-    """Hand a committed crossing to auto-reload and to its email. A broker that cannot take the task does
-    not fail the caller: the periodic sweep picks up crossings nobody handled."""
+    """Hand a committed crossing to auto-reload and to its email. A broker that cannot
+    take the task does not fail the caller: the periodic sweep picks up crossings nobody
+    handled (for auto-reload; an email not enqueued is logged)."""
     # Tasks are entry points above the services: imported at call time, not at load.
     from billing.tasks import auto_reload_for_crossing  # noqa: PLC0415
 

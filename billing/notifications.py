@@ -87,8 +87,10 @@ def purchase_receipt_email_send(*, purchase_id: UUID | str) -> bool:
             "purchased_at": _when(purchase.purchased_at),
             "expires_on": _day(purchase.lot.expires_at),
             "kind": purchase.get_kind_display(),
-            "card": (f"{(card.brand or 'Card').title()} ending in {card.last4}"
-                     if card is not None and card.last4 else None),
+            "paid_with": (f"{(card.brand or 'Card').title()} ending in {card.last4}"
+                          if card is not None and card.last4 else
+                          "Invoice or bank transfer" if purchase.kind == Purchase.Kind.INVOICE
+                          else purchase.get_kind_display()),
             "reference": purchase.reference,
             "receipt_url": site_url(RECEIPT_PATH.format(purchase_id=purchase.id)),
         })
