@@ -34,12 +34,6 @@ class InvalidApiKey(ApplicationError):
     message = "The API key is unknown, revoked or expired."
 
 
-class InsufficientScope(ApplicationError):
-    status = 403
-    code = "insufficient_scope"
-    message = ("This call needs a management key. An inference key runs models and reads "
-               "the credit; it never spends money or changes money settings.")
-
 
 def normalize_email(email: str) -> str:
     return email.strip().lower()

@@ -11,9 +11,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import CustomerKeyAuthentication
+from accounts.authentication import CustomerKeyAuthentication, InsufficientScope
 from accounts.models import Account, ApiKey
-from accounts.services import InsufficientScope
 from billing import selectors, subscriptions
 from billing.auto_reload import AutoReloadSettings, auto_reload_settings_set
 from billing.cards import card_default_set, card_remove, card_save, card_setup_start

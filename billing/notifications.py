@@ -32,10 +32,11 @@ LOT_SOURCE_WORDS = {
     CreditLot.Source.STAFF_GRANT: "a credit grant",
 }
 
-# The dashboard's pages the emails link to.
+# The dashboard's pages the emails link to: a purchase's printable receipt, and the
+# overview (balance, credit expiring lot by lot, auto-reload this month).
 RECEIPT_PATH = "/credits/purchases/{purchase_id}/receipt"
-CREDITS_PATH = "/credits"
-AUTO_RELOAD_PATH = "/auto-reload"
+CREDITS_PATH = "/dashboard/"
+AUTO_RELOAD_PATH = "/dashboard/"
 
 
 def _day(moment: datetime) -> str:

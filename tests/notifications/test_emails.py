@@ -89,6 +89,22 @@ def test_sign_up_enqueues_the_welcome_email_for_after_commit(
 
 
 @pytest.mark.django_db
+def test_signing_up_on_the_dashboard_sends_the_welcome_email(
+        client, mailoutbox, eager_tasks, django_capture_on_commit_callbacks):  # noqa: F811
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/account/signup/", {
+            "email": "New.Customer@Example.com", "password1": "a-long-passphrase-for-tests-7",
+            "password2": "a-long-passphrase-for-tests-7"})
+
+    assert response.status_code == 302
+    welcome = [email for email in mailoutbox if email.subject.startswith("Welcome")]
+    assert [email.to for email in welcome] == [["new.customer@example.com"]]
+    assert "$1.00" in welcome[0].body
+    # and the verification email still goes out beside it
+    assert len(mailoutbox) == 2
+
+
+@pytest.mark.django_db
 def test_no_welcome_for_an_account_that_does_not_exist(mailoutbox):
     assert account_welcome_email_send(account_id="6d1e4f0e-0000-4000-8000-000000000000") \
         is False
@@ -195,7 +211,7 @@ def test_a_crossing_sends_one_low_balance_email_after_commit(
         assert "$2.50" in part  # the balance the crossing left
         assert "2 Mar 2026, 09:30 UTC" in part
         assert "$10.00" in part and "$100.00" in part  # what auto-reload will add
-        assert f"{SITE}/credits" in part
+        assert f"{SITE}/dashboard/" in part
 
 
 @pytest.mark.django_db
@@ -312,7 +328,7 @@ def test_credit_expiring_within_3_days_is_announced_once_per_lot(lots, mailoutbo
     for part in (text, html):
         assert "$5.25" in part and "3 Mar 2026, 21:30 UTC" in part
         assert "a credit grant on 4 Feb 2026" in part  # where it came from
-        assert f"{SITE}/credits" in part
+        assert f"{SITE}/dashboard/" in part
     bought = next(e for e in mailoutbox if "$20.00" in e.subject)
     assert "$20.00 from a purchase on 4 Feb 2026" in bought.body
 
