@@ -34,7 +34,6 @@ class InvalidApiKey(ApplicationError):
     message = "The API key is unknown, revoked or expired."
 
 
-
 def normalize_email(email: str) -> str:
     return email.strip().lower()
 
