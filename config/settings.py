@@ -9,6 +9,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.email_settings import email_settings
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -55,6 +57,7 @@ INSTALLED_APPS = [
     "billing",
     "metering",
     "ratelimits",
+    "notifications",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -214,10 +217,24 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # then WHITENOISE_USE_FINDERS=0 for compressed, long-cached copies).
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
-EMAIL_BACKEND = os.environ.get(
-    "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
-)
+# Mail: SMTP from EMAIL_URL or EMAIL_HOST..., else the console (config/email_settings.py).
+_email = email_settings(os.environ)
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_TIMEOUT = _email["EMAIL_TIMEOUT"]
+EMAIL_HOST = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@example.com")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where customers reach the dashboard: emails link to its pages from here.
+SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000")
+CELERY_BEAT_SCHEDULE["email-credit-expiring-soon"] = {
+    "task": "billing.tasks.credit_expiring_emails_due",
+    "schedule": timedelta(minutes=15),
+}
 
 # --- API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
