@@ -8,6 +8,7 @@ from functools import partial
 from uuid import UUID
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account
@@ -32,11 +33,11 @@ LOT_SOURCE_WORDS = {
     CreditLot.Source.STAFF_GRANT: "a credit grant",
 }
 
-# The dashboard's pages the emails link to: a purchase's printable receipt, and the
-# overview (balance, credit expiring lot by lot, auto-reload this month).
-RECEIPT_PATH = "/credits/purchases/{purchase_id}/receipt"
-CREDITS_PATH = "/dashboard/"
-AUTO_RELOAD_PATH = "/dashboard/"
+# The dashboard's pages the emails link to, by their URL names: a purchase's printable
+# receipt, the credits page (lots and their expiry) and the auto-reload settings.
+RECEIPT_URL_NAME = "dashboard:receipt"
+CREDITS_URL_NAME = "dashboard:credits"
+AUTO_RELOAD_URL_NAME = "dashboard:auto_reload"
 
 
 def _day(moment: datetime) -> str:
@@ -93,7 +94,7 @@ def purchase_receipt_email_send(*, purchase_id: UUID | str) -> bool:
                           "Invoice or bank transfer" if purchase.kind == Purchase.Kind.INVOICE
                           else purchase.get_kind_display()),
             "reference": purchase.reference,
-            "receipt_url": site_url(RECEIPT_PATH.format(purchase_id=purchase.id)),
+            "receipt_url": site_url(reverse(RECEIPT_URL_NAME, kwargs={"purchase_id": purchase.id})),
         })
 
 
@@ -115,8 +116,8 @@ def low_balance_email_send(*, low_balance_event_id: int) -> bool:
                               else None),
             "reload_monthly_max": (usd_display(profile.auto_reload_monthly_max_nanos)
                                    if profile is not None else None),
-            "credits_url": site_url(CREDITS_PATH),
-            "auto_reload_url": site_url(AUTO_RELOAD_PATH),
+            "credits_url": site_url(reverse(CREDITS_URL_NAME)),
+            "auto_reload_url": site_url(reverse(AUTO_RELOAD_URL_NAME)),
         })
 
 
@@ -135,7 +136,7 @@ def auto_reload_failed_notify(*, account_id: UUID, reason: str) -> bool:
             "threshold": usd_display(profile.auto_reload_threshold_nanos),
             "balance": usd_display(account.balance_nanos),
             "paused_at": _when(paused_at),
-            "auto_reload_url": site_url(AUTO_RELOAD_PATH),
+            "auto_reload_url": site_url(reverse(AUTO_RELOAD_URL_NAME)),
         })
 
 
@@ -172,5 +173,5 @@ def credit_expiring_email_send(*, lot_id: UUID | str, now: datetime | None = Non
             "source": LOT_SOURCE_WORDS.get(lot.source, "credit added"),
             "granted_on": _day(lot.granted_at),
             "expires_at": _when(lot.expires_at),
-            "credits_url": site_url(CREDITS_PATH),
+            "credits_url": site_url(reverse(CREDITS_URL_NAME)),
         })

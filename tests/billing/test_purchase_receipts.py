@@ -32,6 +32,6 @@ def test_a_card_purchase_sends_one_receipt_naming_the_card(make_customer, save_c
         assert "$25.00" in part
         assert "Visa ending in 4242" in part
         assert payment_intent in part
-        assert (f"https://dashboard.example.test/credits/purchases/{purchase.id}/receipt"
+        assert (f"https://dashboard.example.test/dashboard/credits/purchases/{purchase.id}/"
                 in part)
     assert EmailNotice.objects.filter(kind="purchase_receipt").count() == 1

@@ -139,7 +139,7 @@ def test_each_purchase_sends_its_receipt_once_after_commit(
     assert email.to == [owner(account)]
     assert email.subject == "Your receipt: $1,250.50 of credit, 2 Mar 2026, 14:05 UTC"
     text, html = parts(email)
-    receipt_url = f"{SITE}/credits/purchases/{purchase.id}/receipt"
+    receipt_url = f"{SITE}/dashboard/credits/purchases/{purchase.id}/"
     for part in (text, html):
         assert "$1,250.50" in part
         assert "2 Mar 2026, 14:05 UTC" in part
@@ -211,7 +211,7 @@ def test_a_crossing_sends_one_low_balance_email_after_commit(
         assert "$2.50" in part  # the balance the crossing left
         assert "2 Mar 2026, 09:30 UTC" in part
         assert "$10.00" in part and "$100.00" in part  # what auto-reload will add
-        assert f"{SITE}/dashboard/" in part
+        assert f"{SITE}/dashboard/credits/" in part
 
 
 @pytest.mark.django_db
@@ -328,7 +328,7 @@ def test_credit_expiring_within_3_days_is_announced_once_per_lot(lots, mailoutbo
     for part in (text, html):
         assert "$5.25" in part and "3 Mar 2026, 21:30 UTC" in part
         assert "a credit grant on 4 Feb 2026" in part  # where it came from
-        assert f"{SITE}/dashboard/" in part
+        assert f"{SITE}/dashboard/credits/" in part
     bought = next(e for e in mailoutbox if "$20.00" in e.subject)
     assert "$20.00 from a purchase on 4 Feb 2026" in bought.body
 
