@@ -12,15 +12,29 @@ BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 BENCH_ARGS ?=
 
-.PHONY: setup run test lint bench worker beat
+.PHONY: setup run test lint bench worker beat lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly what requirements/dev.lock pins, hash-checked; then the project itself.
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-pin requirements/*.lock from pyproject.toml's ranges (after adding or changing a
+# dependency there, or to take upgrades): `make lock`, then `make setup`.
+lock:
+	[ -x $(BIN)/pip-compile ] || { $(PYTHON) -m venv $(VENV) && \
+		$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'; }
+	mkdir -p requirements
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --extra dev \
+		--output-file requirements/dev.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links \
+		--output-file requirements/prod.lock pyproject.toml
 
 # The service on the embedded default: SQLite, in-process cache, eager tasks, demo data.
 run: setup
