@@ -5,6 +5,7 @@ Services raise ApplicationError subclasses; the exception handler renders them (
 DRF's own errors) as `{"status", "error", "code", "message", ...}`."""
 
 import hmac
+import time
 from http import HTTPStatus
 
 from django.conf import settings
@@ -19,6 +20,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from config import metrics
 
 
 class ApplicationError(Exception):
@@ -289,6 +292,8 @@ class LeanInternalApi(InternalApi):
     def dispatch(self, request, *args, **kwargs):
         from pydantic import ValidationError
 
+        started = time.perf_counter()
+        outcome = "error"  # an unexpected exception: the 500 is Django's to render
         self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
         try:
             service_token_ensure(request)
@@ -296,8 +301,21 @@ class LeanInternalApi(InternalApi):
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
                 raise MethodNotAllowedError(f'Method "{request.method}" not allowed.')
-            return handler(request, *args, **kwargs)
+            response = handler(request, *args, **kwargs)
+            outcome = "ok"
+            return response
         except ApplicationError as exc:
+            outcome = exc.code
             return application_error_response(exc)
         except ValidationError as exc:
+            outcome = "invalid_request"
             return application_error_response(pydantic_error(exc))
+        finally:
+            metrics.run_path_observe(call=self._metrics_call, started=started,
+                                     outcome=outcome)
+
+    _metrics_call = "lean"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._metrics_call = metrics.run_path_call_name(cls)

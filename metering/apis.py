@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
 from billing.money import MoneyField, UsdNanos, nanos_to_usd
+from config import metrics
 from config.api import (
     ApplicationError,
     InternalApi,
@@ -223,6 +224,7 @@ class HoldSettleApi(LeanInternalApi):
             load_seconds=as_decimal(data.load_seconds),
             input_tokens=data.input_tokens, output_tokens=data.output_tokens,
             provider_cost_nanos=data.provider_cost_usd))
+        metrics.settle_charge_observe(result["charged_usd"])
         return JsonResponse(result)
 
 
