@@ -30,6 +30,13 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 limit_request_line = 8190
 proc_name = "billing"
 
+# Metrics: each worker writes its numbers to files here, /metrics adds them all up
+# (config/metrics.py). Set before any worker imports prometheus_client.
+_metrics_dir_owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _metrics_dir_owned:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="billing-metrics-")
+
+
 # Logs: the same JSON lines as the service's (config/logs.py), scrubbed the same way; the
 # access line carries the request id the service answered with.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,12 +48,6 @@ logconfig_dict = logging_config(level=os.environ.get("LOG_LEVEL", "INFO"),
 accesslog = None  # gunicorn's own access handler; the line goes through logconfig_dict
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-# Metrics: each worker writes its numbers to files here, /metrics adds them all up
-# (config/metrics.py). Set before any worker imports prometheus_client.
-_metrics_dir_owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _metrics_dir_owned:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="billing-metrics-")
 
 
 def on_starting(server):

@@ -19,6 +19,8 @@ from contextlib import suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from django.core.signals import request_finished
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # What a caller may send as its request id; anything else is replaced by our own.
@@ -33,21 +35,27 @@ def request_id_from(value: str | None) -> str:
 
 
 class RequestIdMiddleware:
-    """First in both middleware chains (config/wsgi.py), so Django's own error lines for
-    the request carry the id too."""
+    """First in both middleware chains (config/wsgi.py), so Django's own lines for the
+    request carry the id too."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
         request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
-        token = request_id_var.set(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id_var.reset(token)
+        # Kept until the response is closed (request_finished, below): Django logs a 4xx
+        # answer after the middleware chain has returned.
+        request_id_var.set(request_id)
+        response = self.get_response(request)
         response["X-Request-Id"] = request_id
         return response
+
+
+def _request_id_clear(**kwargs) -> None:
+    request_id_var.set(None)
+
+
+request_finished.connect(_request_id_clear, dispatch_uid="config.logs.request_id_clear")
 
 
 # --- Redaction ------------------------------------------------------------------------------
