@@ -3,7 +3,6 @@ environment. Without DATABASE_URL / REDIS_URL the service runs on an embedded SQ
 file, an in-process cache and eager tasks, for a first look."""
 
 import os
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -60,7 +59,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.static.StaticFilesMiddleware",  # whitenoise
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -299,9 +298,6 @@ CONTENT_SECURITY_POLICY = {
 # and far-future caching in production (run `manage.py collectstatic` at build time).
 # Elsewhere they are found where they lie, without a collectstatic step.
 WHITENOISE_USE_FINDERS = not PRODUCTION
-if not PRODUCTION:
-    # Without collectstatic there is no STATIC_ROOT, and nothing is missing.
-    warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 if PRODUCTION:
     STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
