@@ -45,9 +45,14 @@ run: setup
 		echo "Service: http://127.0.0.1:8000/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
 		exec $(BIN)/python manage.py runserver 127.0.0.1:8000'
 
-# The whole test suite against the local PostgreSQL and Redis.
+# The whole test suite against the local PostgreSQL and Redis. Every process of the run
+# logs to TEST_LOG; the audit then fails the run if a secret is in it.
+TEST_LOG ?= var/log/test-run.jsonl
 test: setup
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+	mkdir -p $(dir $(TEST_LOG)) && rm -f $(TEST_LOG)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		LOG_FILE=$(abspath $(TEST_LOG)) $(BIN)/pytest
+	$(BIN)/python -m tests.ops.log_audit $(TEST_LOG)
 
 # The run-path benchmark against its baseline, under gunicorn (bench/README.md); about
 # 4 minutes; results in bench/results/. E.g. `make bench BENCH_ARGS=--quick`.

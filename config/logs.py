@@ -72,7 +72,8 @@ _PATTERNS = [
     # Credentials in headers and in key=value or "key": "value" text.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + REDACTED),
     (re.compile(r"(?i)((?:api_?key|password|passwd|secret|token|authorization|card_?number)"
-                r"[\"']?\s*[:=]\s*[\"']?)[^\"'\s,;&}]{4,}"), r"\1" + REDACTED),
+                r"[\"']?\s*[:=]\s*[\"']?)(?!(?i:bearer|basic)\s)[^\"'\s,;&}]{4,}"),
+     r"\1" + REDACTED),
 ]
 # 13 to 19 digits, optionally grouped by spaces or dashes: a card number if Luhn says so.
 _CARD_RE = re.compile(r"(?<![\d.])(?:\d[ -]?){12,18}\d(?![\d.])")
