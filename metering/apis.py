@@ -142,13 +142,13 @@ def iso_datetime(value) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-class TierOutput(BaseModel):
+class RunTierOutput(BaseModel):
     name: str | None
     max_params_b: float
     concurrency: int
 
 
-class ConcurrencyOutput(BaseModel):
+class RunConcurrencyOutput(BaseModel):
     in_use: int
     limit: int
 
@@ -173,8 +173,8 @@ class HoldAuthorizeApi(LeanInternalApi):
         lease_expires_at: str
         balance_usd: str
         available_usd: str
-        tier: TierOutput
-        concurrency: ConcurrencyOutput
+        tier: RunTierOutput
+        concurrency: RunConcurrencyOutput
 
     @extend_schema(request=AuthorizeInput, responses={200: AuthorizeOutput},
                    summary="Authorize a run (reserve a hold)")
