@@ -42,6 +42,9 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path_info == "/healthz":
+            # The liveness probe (and the benchmark's empty view) logs nothing: no id.
+            return self.get_response(request)
         request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
         # Kept until the response is closed (request_finished, below): Django logs a 4xx
         # answer after the middleware chain has returned.
