@@ -45,10 +45,13 @@ run: setup
 		echo "Service: http://127.0.0.1:8000/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
 		exec $(BIN)/python manage.py runserver 127.0.0.1:8000'
 
-# The whole test suite against the local PostgreSQL and Redis. Every process of the run
-# logs to TEST_LOG; the audit then fails the run if a secret is in it.
+# The whole test suite against the local PostgreSQL and Redis, after the linters (ruff,
+# and import-linter: the apps depend one way, see README "Layout"). Every process of the
+# run logs to TEST_LOG; the audit then fails the run if a secret is in it.
 TEST_LOG ?= var/log/test-run.jsonl
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	mkdir -p $(dir $(TEST_LOG)) && rm -f $(TEST_LOG)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		LOG_FILE=$(abspath $(TEST_LOG)) $(BIN)/pytest
@@ -61,6 +64,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 worker: setup
 	$(BIN)/celery -A config worker -l info

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts.models import Account, ApiKey, User
+from config.money import nanos_to_usd
 
 
 @admin.register(User)
@@ -55,6 +56,4 @@ class AccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="balance")
     def balance_usd(self, obj):
-        from billing.money import nanos_to_usd
-
         return f"${nanos_to_usd(obj.balance_nanos)}"

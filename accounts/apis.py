@@ -6,13 +6,8 @@ from rest_framework.response import Response
 from accounts.models import Account
 from accounts.selectors import account_summary
 from accounts.serializers import AccountOutputSerializer
-from accounts.services import (
-    account_create,
-    account_get,
-    account_status_set,
-    api_key_create,
-    api_key_revoke,
-)
+from accounts.services import account_get, account_status_set, api_key_create, api_key_revoke
+from billing.account_opening import account_create
 from config.api import AwareDateTimeField, InternalApi, JsonStringField
 from metering.selectors import account_current
 

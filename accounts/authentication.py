@@ -5,14 +5,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import ApiKey
-from accounts.services import api_key_hash, api_key_touch
-from config.api import ApplicationError
-
-
-class InvalidApiKey(ApplicationError):
-    status = 401
-    code = "invalid_api_key"
-    message = "The API key is unknown, revoked or expired."
+from accounts.services import InvalidApiKey, api_key_hash, api_key_touch
 
 
 def presented_api_key(request) -> str:
@@ -30,8 +23,8 @@ class CustomerKeyAuthentication(BaseAuthentication):
             raise exceptions.NotAuthenticated()
         now = timezone.now()
         api_key = (ApiKey.objects.select_related("account__user")
-                   .filter(key_hash=api_key_hash(key)).first())
-        if api_key is None or not api_key.is_usable(now):
+                   .filter(ApiKey.usable_at(now), key_hash=api_key_hash(key)).first())
+        if api_key is None:
             raise InvalidApiKey()
         api_key_touch(api_key_id=api_key.id, now=now)
         return api_key.account.user, api_key

@@ -6,8 +6,9 @@ lock order of their own. Several accounts are locked in primary-key order. The r
 single-statement fast path takes the same row lock implicitly, with its UPDATE.
 
 Payment decisions (Stripe charges, auto-reload, auto-scale, plan changes) lock the
-account's billing profile row first, then payment rows, then the account row: never the
-other way round, and the run path never takes the profile lock at all.
+account's billing profile row first (billing/locks.py, the one other place), then payment
+rows, then the account row: never the other way round, and the run path never takes the
+profile lock at all.
 """
 
 from collections.abc import Iterable
@@ -24,17 +25,3 @@ def accounts_lock(*, account_ids: Iterable[UUID]) -> list[Account]:
     return list(
         Account.objects.select_for_update().filter(id__in=set(account_ids)).order_by("id")
     )
-
-
-def billing_profile_lock(*, account_id: UUID):
-    """Lock the account's billing profile, creating it on first use (the account id is
-    its primary key, so concurrent first uses insert it once)."""
-    from billing.models import BillingProfile
-
-    profiles = BillingProfile.objects.select_for_update()
-    try:
-        return profiles.get(account_id=account_id)
-    except BillingProfile.DoesNotExist:
-        BillingProfile.objects.bulk_create([BillingProfile(account_id=account_id)],
-                                           ignore_conflicts=True)
-        return profiles.get(account_id=account_id)

@@ -3,15 +3,14 @@ import secrets
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.locks import account_lock
-from accounts.models import Account, ApiKey, User
-from billing.services import free_grant_ensure_locked
+from accounts.models import Account, ApiKey
 from config.api import ApplicationError
-from ratelimits.services import account_tier_refresh
+from config.caching import TtlCache
+from config.lookups import get_or_raise
 
 API_KEY_PREFIX = "bk_"
 _PUBLIC_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -29,38 +28,19 @@ class ApiKeyNotFound(ApplicationError):
     message = "No API key with this id on this account."
 
 
+class InvalidApiKey(ApplicationError):
+    status = 401
+    code = "invalid_api_key"
+    message = "The API key is unknown, revoked or expired."
+
+
 def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-@transaction.atomic
-def account_create(*, email: str, now: datetime | None = None) -> tuple[Account, bool]:
-    """Open an account on the free plan with its free grant. The same email again returns
-    the existing account (the unique email constraint decides, not a prior lookup)."""
-    now = now or timezone.now()
-    email = normalize_email(email)
-    try:
-        with transaction.atomic():
-            user = User.objects.create_user(email=email, date_joined=now)
-    except IntegrityError:
-        user = User.objects.get(email__iexact=email)
-    try:
-        with transaction.atomic():
-            account = Account.objects.create(user=user, plan_id="free", created_at=now,
-                                             tier_valid_until=now)
-    except IntegrityError:
-        return Account.objects.get(user=user), False
-    account = account_lock(account_id=account.id)
-    free_grant_ensure_locked(account=account, now=now)
-    account_tier_refresh(account=account, now=now)
-    return account, True
-
-
 def account_get(*, account_id: UUID | str) -> Account:
-    try:
-        return Account.objects.select_related("user", "tier").get(id=account_id)
-    except (Account.DoesNotExist, ValidationError, ValueError, TypeError):
-        raise AccountNotFound() from None
+    return get_or_raise(Account.objects.select_related("user", "tier"), AccountNotFound,
+                        id=account_id)
 
 
 @transaction.atomic
@@ -84,21 +64,18 @@ def api_key_generate() -> tuple[str, str]:
 
 
 # Last-used times are written at most once a minute per key and process, never on
-# every call.
+# every call: the cache remembers, per key, that this process wrote it lately.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-LAST_USED_MEMORY = 100_000  # keys remembered per process; forgetting one costs one write
-_last_used_written: dict[UUID, datetime] = {}
+_last_used_written = TtlCache(ttl=LAST_USED_RESOLUTION.total_seconds(), max_entries=100_000)
 
 
 def api_key_touch(*, api_key_id: UUID, now: datetime) -> None:
-    written = _last_used_written.get(api_key_id)
-    if written is not None and now - written < LAST_USED_RESOLUTION:
-        return
-    if len(_last_used_written) >= LAST_USED_MEMORY:
-        _last_used_written.clear()
-    _last_used_written[api_key_id] = now
-    ApiKey.objects.filter(id=api_key_id).exclude(
-        last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=now)
+    def write() -> datetime:
+        ApiKey.objects.filter(id=api_key_id).exclude(
+            last_used_at__gt=now - LAST_USED_RESOLUTION).update(last_used_at=now)
+        return now
+
+    _last_used_written.get(api_key_id, write, now=now.timestamp())
 
 
 def api_key_create(*, account_id: UUID, name: str, expires_at: datetime | None = None,
@@ -116,10 +93,7 @@ def api_key_revoke(*, account_id: UUID, key_id: UUID | str,
                    now: datetime | None = None) -> ApiKey:
     """Revoke a key: it fails authorize from the next call on. Revoking twice is a no-op."""
     now = now or timezone.now()
-    try:
-        api_key = ApiKey.objects.get(id=key_id, account_id=account_id)
-    except (ApiKey.DoesNotExist, ValidationError, ValueError, TypeError):
-        raise ApiKeyNotFound() from None
+    api_key = get_or_raise(ApiKey.objects, ApiKeyNotFound, id=key_id, account_id=account_id)
     ApiKey.objects.filter(id=api_key.id, revoked_at__isnull=True).update(revoked_at=now)
     api_key.refresh_from_db(fields=["revoked_at"])
     return api_key

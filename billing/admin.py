@@ -16,9 +16,10 @@ from billing.models import (
     StripeEvent,
     Subscription,
 )
-from billing.money import MoneyFormatError, nanos_to_usd, usd_to_nanos
+from billing.refunds import purchase_refund
 from config.admin_bases import ReadOnlyAdmin
 from config.api import ApplicationError
+from config.money import MoneyFormatError, nanos_to_usd, usd_to_nanos
 from metering.admin import CatalogAdmin
 
 
@@ -76,8 +77,6 @@ class PurchaseAdmin(ReadOnlyAdmin):
     def refund_through_stripe(self, request, queryset):
         """Refund the selected purchases (after a form asking how much and why). The
         unspent credit of each purchase's lot is clawed back; every refund is logged."""
-        from billing.refunds import purchase_refund
-
         form = RefundForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             amount = form.cleaned_data["amount_usd"]

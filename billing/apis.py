@@ -6,13 +6,13 @@ from rest_framework.response import Response
 from accounts.selectors import account_summary
 from accounts.serializers import ConcurrencyOutputSerializer, TierOutputSerializer
 from accounts.services import account_get
+from billing.credit import credit_grant, purchase_record
 from billing.customer_apis import CustomerApi
 from billing.ledger import Book
 from billing.models import Purchase
-from billing.money import MoneyField
 from billing.selectors import auto_reload_summary
-from billing.services import credit_grant, purchase_record
 from config.api import AwareDateTimeField, InternalApi, JsonStringField
+from config.money import MoneyField
 from metering.selectors import account_current
 
 

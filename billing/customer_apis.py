@@ -13,10 +13,15 @@ from rest_framework.views import APIView
 
 from accounts.authentication import CustomerKeyAuthentication
 from accounts.models import Account
-from billing import payments, selectors, subscriptions
+from billing import selectors, subscriptions
+from billing.auto_reload import AutoReloadSettings, auto_reload_settings_set
+from billing.cards import card_default_set, card_remove, card_save, card_setup_start
+from billing.errors import PaymentFailed
 from billing.models import Payment, Purchase
-from billing.money import MoneyField
+from billing.purchases import purchase_checkout_start, purchase_confirm, purchase_start
 from config.api import ApplicationError
+from config.money import MoneyField
+from metering.auto_scale import auto_scale_settings_set
 
 # Printable ASCII without spaces; the Stripe idempotency key made from it stays under 255.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -72,7 +77,7 @@ class CardSetupIntentCreateApi(CustomerApi):
     @extend_schema(request=None, responses={201: OutputSerializer},
                    summary="Start saving a card (confirm the SetupIntent with Stripe.js)")
     def post(self, request):
-        setup = payments.card_setup_start(account_id=self.account_id(request))
+        setup = card_setup_start(account_id=self.account_id(request))
         body = {"id": setup.id, "client_secret": setup.client_secret,
                 "publishable_key": settings.STRIPE_PUBLISHABLE_KEY}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
@@ -95,7 +100,7 @@ class CardListApi(CustomerApi):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         account_id = self.account_id(request)
-        card = payments.card_save(account_id=account_id,
+        card = card_save(account_id=account_id,
                                   setup_intent_id=data.validated_data["setup_intent_id"])
         default_id = selectors.billing_profile_get(account_id=account_id).default_card_id
         return Response(_card_body(card, default_id), status=status.HTTP_201_CREATED)
@@ -104,7 +109,7 @@ class CardListApi(CustomerApi):
 class CardDetailApi(CustomerApi):
     @extend_schema(request=None, responses={204: None}, summary="Remove a saved card")
     def delete(self, request, card_id):
-        payments.card_remove(account_id=self.account_id(request), card_id=card_id)
+        card_remove(account_id=self.account_id(request), card_id=card_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -112,7 +117,7 @@ class CardDefaultApi(CustomerApi):
     @extend_schema(request=None, responses=CardOutputSerializer,
                    summary="Make a saved card the default")
     def post(self, request, card_id):
-        card = payments.card_default_set(account_id=self.account_id(request), card_id=card_id)
+        card = card_default_set(account_id=self.account_id(request), card_id=card_id)
         return Response(_card_body(card, card.id))
 
 
@@ -152,7 +157,7 @@ def _payment_body(payment: Payment, intent=None) -> dict:
 
 def _payment_response(payment: Payment, intent, created: bool) -> Response:
     if payment.status == Payment.Status.FAILED:
-        raise payments.PaymentFailed(payment.failure_message or None, extra={
+        raise PaymentFailed(payment.failure_message or None, extra={
             "reason": payment.failure_code, "payment_id": str(payment.id)})
     return Response(_payment_body(payment, intent),
                     status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
@@ -207,7 +212,7 @@ class PurchaseListApi(CustomerApi):
         if client_key is not None and not IDEMPOTENCY_KEY.fullmatch(client_key):
             raise ApplicationError(extra={"fields": {"Idempotency-Key": [
                 "Up to 200 printable characters, without spaces."]}})
-        payment, intent, created = payments.purchase_start(
+        payment, intent, created = purchase_start(
             account_id=self.account_id(request), amount_nanos=data.validated_data["amount_usd"],
             card_id=data.validated_data["card_id"], confirm=data.validated_data["confirm"],
             client_key=client_key)
@@ -218,7 +223,7 @@ class PurchaseConfirmApi(CustomerApi):
     @extend_schema(request=None, responses=PaymentOutputSerializer,
                    summary="Confirm a purchase, or learn how its confirmation went")
     def post(self, request, payment_id):
-        payment, intent = payments.purchase_confirm(account_id=self.account_id(request),
+        payment, intent = purchase_confirm(account_id=self.account_id(request),
                                                     payment_id=payment_id)
         return _payment_response(payment, intent, created=False)
 
@@ -238,7 +243,7 @@ class PurchaseCheckoutCreateApi(CustomerApi):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        payment, session = payments.purchase_checkout_start(
+        payment, session = purchase_checkout_start(
             account_id=self.account_id(request), amount_nanos=data.validated_data["amount_usd"],
             success_url=data.validated_data["success_url"],
             cancel_url=data.validated_data["cancel_url"])
@@ -284,13 +289,13 @@ class AutoReloadSettingsApi(CustomerApi):
         account_id = self.account_id(request)
         current = selectors.auto_reload_summary(account_id=account_id, now=timezone.now())
         given = data.validated_data
-        wanted = payments.AutoReloadSettings(
+        wanted = AutoReloadSettings(
             enabled=given.get("enabled", current["enabled"]),
             threshold_nanos=given.get("threshold_usd", current["threshold_nanos"]),
             amount_nanos=given.get("amount_usd", current["amount_nanos"]),
             monthly_max_nanos=given.get("monthly_max_usd", current["monthly_max_nanos"]),
             card_id=given.get("card_id", current["card_id"]))
-        payments.auto_reload_settings_set(account_id=account_id, settings_=wanted)
+        auto_reload_settings_set(account_id=account_id, settings_=wanted)
         return Response(self._body(account_id))
 
 
@@ -318,7 +323,7 @@ class AutoScaleSettingsApi(CustomerApi):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         account_id = self.account_id(request)
-        payments.auto_scale_settings_set(
+        auto_scale_settings_set(
             account_id=account_id,
             max_monthly_nanos=data.validated_data["max_monthly_spend_usd"])
         return Response(self._body(account_id))

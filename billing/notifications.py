@@ -8,7 +8,7 @@ from django.template.loader import render_to_string
 
 from accounts.models import Account
 from billing.models import BillingProfile
-from billing.money import nanos_to_usd
+from config.money import nanos_to_usd
 
 
 def auto_reload_failed_notify(*, account_id: UUID, reason: str) -> None:

@@ -19,14 +19,15 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.locks import account_lock, billing_profile_lock
+from accounts.locks import account_lock
 from accounts.models import Account
 from accounts.services import account_status_set
+from billing.cards import account_for_stripe_customer
+from billing.credit import account_balance_apply, account_tier_refresh, credit_lots_expire
+from billing.errors import PaymentProviderError, provider_error
 from billing.ledger import Book, Kind, Leg, ledger_post
+from billing.locks import billing_profile_lock
 from billing.models import CreditLot, Dispute, Payment, Purchase, Reversal
-from billing.money import NANOS_PER_CENT, cents_to_nanos, nanos_to_cents, nanos_to_usd
-from billing.payments import PaymentProviderError, account_for_stripe_customer, provider_error
-from billing.services import account_balance_apply, credit_lots_expire
 from billing.stripe_gateway import (
     ChargeState,
     DisputeState,
@@ -35,7 +36,7 @@ from billing.stripe_gateway import (
     stripe_gateway,
 )
 from config.api import ApplicationError
-from ratelimits.services import account_tier_refresh
+from config.money import NANOS_PER_CENT, cents_to_nanos, nanos_to_cents, nanos_to_usd
 
 DISPUTE_CLOSED = ("won", "lost", "warning_closed")
 

@@ -13,21 +13,14 @@ from uuid import UUID
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.locks import account_lock, billing_profile_lock
+from accounts.locks import account_lock
 from accounts.models import Account
+from billing.cards import account_for_stripe_customer, stripe_customer_ensure, usable_card
+from billing.credit import credit_grant, free_grant_ensure_locked, purchase_record
+from billing.errors import NoCard, PaymentFailed, account_active_ensure, provider_error
 from billing.ledger import Book
+from billing.locks import billing_profile_lock
 from billing.models import CreditLot, Payment, Plan, Purchase, Subscription
-from billing.money import cents_to_nanos
-from billing.payments import (
-    NoCard,
-    PaymentFailed,
-    account_active_ensure,
-    account_for_stripe_customer,
-    provider_error,
-    stripe_customer_ensure,
-    usable_card,
-)
-from billing.services import credit_grant, free_grant_ensure_locked, purchase_record
 from billing.stripe_gateway import (
     CURRENCY,
     CardDeclined,
@@ -37,6 +30,7 @@ from billing.stripe_gateway import (
     stripe_gateway,
 )
 from config.api import ApplicationError
+from config.money import cents_to_nanos
 
 FREE_PLAN = "free"
 

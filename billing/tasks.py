@@ -4,18 +4,18 @@ enqueue per-account work. Every task is a no-op when rerun."""
 from celery import shared_task
 from django.utils import timezone
 
-from billing import payments, services
+from billing import auto_reload, credit
 from billing.stripe_gateway import StripeUnavailable
 
 
 @shared_task(acks_late=True)
 def credit_lots_expire_for_account(account_id: str) -> None:
-    services.credit_lots_expire_due(account_id=account_id)
+    credit.credit_lots_expire_due(account_id=account_id)
 
 
 @shared_task
 def credit_lots_expire_due() -> int:
-    account_ids = services.credit_expiry_due_account_ids(now=timezone.now())
+    account_ids = credit.credit_expiry_due_account_ids(now=timezone.now())
     for account_id in account_ids:
         credit_lots_expire_for_account.delay(str(account_id))
     return len(account_ids)
@@ -23,12 +23,12 @@ def credit_lots_expire_due() -> int:
 
 @shared_task(acks_late=True)
 def free_grant_refresh_for_account(account_id: str) -> None:
-    services.free_grant_ensure(account_id=account_id)
+    credit.free_grant_ensure(account_id=account_id)
 
 
 @shared_task
 def free_grants_refresh_due() -> int:
-    account_ids = services.free_grant_due_account_ids(now=timezone.now())
+    account_ids = credit.free_grant_due_account_ids(now=timezone.now())
     for account_id in account_ids:
         free_grant_refresh_for_account.delay(str(account_id))
     return len(account_ids)
@@ -43,23 +43,23 @@ def free_grants_refresh_due() -> int:
              retry_backoff_max=300, max_retries=10)
 def auto_reload_for_crossing(low_balance_event_id: int) -> str:
     # The outcome feeds the auto-reload metric (config/metrics.py, from the task's result).
-    payment = payments.auto_reload_run(low_balance_event_id=low_balance_event_id)
+    payment = auto_reload.auto_reload_run(low_balance_event_id=low_balance_event_id)
     return str(payment.status) if payment is not None else "skipped"
 
 
 @shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
              retry_backoff_max=300, max_retries=10)
 def payment_resume(payment_id: str) -> None:
-    payments.payment_resume(payment_id=payment_id)
+    auto_reload.payment_resume(payment_id=payment_id)
 
 
 @shared_task
 def payments_resume_stalled() -> int:
     now = timezone.now()
-    payment_ids = payments.payments_stalled(now=now)
+    payment_ids = auto_reload.payments_stalled(now=now)
     for payment_id in payment_ids:
         payment_resume.delay(str(payment_id))
-    event_ids = payments.low_balance_events_unhandled(now=now)
+    event_ids = auto_reload.low_balance_events_unhandled(now=now)
     for event_id in event_ids:
         auto_reload_for_crossing.delay(event_id)
     return len(payment_ids) + len(event_ids)

@@ -31,8 +31,11 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import payments, refunds, subscriptions
+from billing import refunds, subscriptions
+from billing.cards import account_for_stripe_customer, card_record
 from billing.models import Card, Payment, StripeEvent, Subscription
+from billing.payment_outcomes import payment_outcome_apply
+from billing.purchases import payment_intent_event_apply, payment_intent_sync
 from billing.stripe_gateway import (
     ChargeState,
     CheckoutSessionState,
@@ -43,13 +46,20 @@ from billing.stripe_gateway import (
     SubscriptionState,
     stripe_gateway,
 )
-from config.api import error_body
+from config.api import ApplicationError, application_error_response
 
 logger = logging.getLogger(__name__)
 
 
-class WebhookRefused(Exception):
+class WebhookRefused(ApplicationError):
     code = "invalid_signature"
+    message = "Webhook refused."
+
+
+class WebhookProcessingFailed(ApplicationError):
+    status = 500
+    code = "processing_failed"
+    message = "The event was stored but could not be processed; deliver it again."
 
 
 class WebhookPayloadInvalid(WebhookRefused):
@@ -93,12 +103,12 @@ class Handler:
 
 
 def _intent_apply(obj, prepared, event_at, now) -> str:
-    return payments.payment_intent_event_apply(intent=IntentState.parse(obj), now=now)
+    return payment_intent_event_apply(intent=IntentState.parse(obj), now=now)
 
 
 def _setup_intent_prepare(obj):
     setup = SetupIntentState.parse(obj)
-    account_id = payments.account_for_stripe_customer(setup.customer_id)
+    account_id = account_for_stripe_customer(setup.customer_id)
     if account_id is None or not setup.payment_method_id or setup.status != "succeeded":
         return None
     if Card.objects.filter(stripe_payment_method_id=setup.payment_method_id).exists():
@@ -117,14 +127,14 @@ def _setup_intent_apply(obj, prepared, event_at, now) -> str:
     if prepared is None:
         return "ignored: nothing to save"
     account_id, details = prepared
-    card = payments.card_record(account_id=account_id, details=details, now=now)
+    card = card_record(account_id=account_id, details=details, now=now)
     return f"card {card.id} saved"
 
 
 def _invoice_prepare(obj) -> tuple[InvoiceState, str | None]:
     invoice = InvoiceState.parse(obj)
     if not invoice.subscription_id or \
-            payments.account_for_stripe_customer(invoice.customer_id) is None:
+            account_for_stripe_customer(invoice.customer_id) is None:
         return invoice, None
     if invoice.payment_intent_id is None and invoice.status == "paid":
         # Since API version 2025-03-31 an invoice names its PaymentIntent only in its
@@ -165,10 +175,10 @@ def _purchase_recorded_ensure(*, payment_intent_id: str | None, customer_id: str
     if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
         return True
     if payment_intent_id:
-        payments.payment_intent_sync(payment_intent_id=payment_intent_id)
+        payment_intent_sync(payment_intent_id=payment_intent_id)
         if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
             return True
-    if payments.account_for_stripe_customer(customer_id) is not None:
+    if account_for_stripe_customer(customer_id) is not None:
         # A customer of ours (say, a plan invoice whose invoice.paid is still on its
         # way): never drop the reversal of money that may yet be credited.
         raise PurchaseNotRecordedYet(f"no purchase recorded yet for charge {charge_id}")
@@ -223,7 +233,7 @@ def _checkout_apply(obj, intent, event_at, now) -> str:
         return "ignored: not a checkout of ours"
     if intent is None:
         return "ignored: not paid yet"
-    payment = payments.payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
+    payment = payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
     return f"payment {payment.id} {payment.status}"
 
 
@@ -290,12 +300,10 @@ def stripe_webhook(request):
                                      signature=request.headers.get("Stripe-Signature", ""))
     except WebhookRefused as exc:
         logger.warning("Stripe webhook refused: %s", exc)
-        return JsonResponse(error_body(400, exc.code, f"Webhook refused: {exc}"), status=400)
+        return application_error_response(type(exc)(f"Webhook refused: {exc}"))
     try:
         outcome = stripe_event_process(stripe_id=event.stripe_id)
     except Exception:
         logger.exception("Stripe event %s (%s) failed", event.stripe_id, event.type)
-        return JsonResponse(error_body(500, "processing_failed",
-                                       "The event was stored but could not be processed; "
-                                       "deliver it again."), status=500)
+        return application_error_response(WebhookProcessingFailed())
     return JsonResponse({"received": True, "id": event.stripe_id, "outcome": outcome})

@@ -8,6 +8,9 @@ import hmac
 import time
 from http import HTTPStatus
 
+import django.db
+import pydantic
+import redis.exceptions
 from django.conf import settings
 from django.http import Http404, JsonResponse
 from django.utils.dateparse import parse_datetime
@@ -18,7 +21,6 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config import metrics
@@ -54,11 +56,6 @@ def error_body(status: int, code: str, message: str, **extra) -> dict:
             "message": message, **extra}
 
 
-def error_response(status: int, code: str, message: str, *, headers=None, **extra):
-    return Response(error_body(status, code, message, **extra), status=status,
-                    headers=headers)
-
-
 def _field_errors(detail) -> dict[str, list[str]]:
     if isinstance(detail, dict):
         fields: dict[str, list[str]] = {}
@@ -79,34 +76,70 @@ def _field_errors(detail) -> dict[str, list[str]]:
     return {"non_field_errors": [str(detail)]}
 
 
-def exception_handler(exc, context):
+class ServiceUnavailable(ApplicationError):
+    status = 503
+    code = "service_unavailable"
+    message = "A service this call needs is unreachable; retry in a moment."
+
+    def __init__(self, message: str | None = None, **kwargs):
+        kwargs.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kwargs)
+
+
+# A dependency that is down or too slow: the caller may retry (by request_id or by hold,
+# which is always safe), unlike a bug.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    django.db.OperationalError, django.db.InterfaceError, redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def as_application_error(exc: Exception) -> ApplicationError | None:
+    """Every error a caller may see, as the one error type the renderer knows; None for a
+    bug (the server's 500)."""
     if isinstance(exc, ApplicationError):
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers,
-                              **exc.extra)
+        return exc
+    if isinstance(exc, pydantic.ValidationError):
+        return pydantic_error(exc)
+    if isinstance(exc, DEPENDENCY_ERRORS):
+        return ServiceUnavailable()
     if isinstance(exc, exceptions.ValidationError):
-        return error_response(400, "invalid_request", "The request is invalid.",
-                              fields=_field_errors(exc.detail))
+        return ApplicationError("The request is invalid.",
+                                extra={"fields": _field_errors(exc.detail)})
     if isinstance(exc, exceptions.ParseError):
-        return error_response(400, "invalid_request", f"Malformed JSON: {exc.detail}")
+        return ApplicationError(f"Malformed JSON: {exc.detail}")
     if isinstance(exc, exceptions.UnsupportedMediaType):
-        return error_response(415, "unsupported_media_type",
-                              "Send the body as application/json.")
+        return UnsupportedMediaType()
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         # A 401 names the scheme to use (RFC 9110); the view put it on the exception.
         challenge = getattr(exc, "auth_header", None)
-        return error_response(Unauthorized.status, Unauthorized.code, Unauthorized.message,
-                              headers={"WWW-Authenticate": challenge} if challenge else None)
+        return Unauthorized(headers={"WWW-Authenticate": challenge} if challenge else None)
     if isinstance(exc, Http404 | exceptions.NotFound):
-        return error_response(404, "not_found", "Not found.")
+        return NotFoundError()
     if isinstance(exc, exceptions.MethodNotAllowed):
-        return error_response(405, "method_not_allowed", str(exc.detail))
+        return MethodNotAllowedError(str(exc.detail))
     if isinstance(exc, exceptions.Throttled):
-        wait = int(exc.wait or 1)
-        return error_response(429, "rate_limited", "Too many requests.",
-                              headers={"Retry-After": str(max(wait, 1))})
+        return RateLimitedError(headers={"Retry-After": str(max(int(exc.wait or 1), 1))})
     if isinstance(exc, exceptions.APIException):
-        return error_response(exc.status_code, "error", str(exc.detail))
+        error = ApplicationError(str(exc.detail))
+        error.status, error.code = exc.status_code, "error"
+        return error
     return None
+
+
+def application_error_response(exc: ApplicationError) -> JsonResponse:
+    """The one renderer of the contract's error shape, for every API of the service."""
+    response = JsonResponse(error_body(exc.status, exc.code, exc.message, **exc.extra),
+                            status=exc.status)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+def exception_handler(exc, context):
+    """DRF's exception handler: the same errors, rendered the same way."""
+    error = as_application_error(exc)
+    return None if error is None else application_error_response(error)
 
 
 def json_not_found(request, *args, **kwargs):
@@ -260,12 +293,16 @@ class MethodNotAllowedError(ApplicationError):
     message = "Method not allowed."
 
 
-def application_error_response(exc: ApplicationError) -> JsonResponse:
-    response = JsonResponse(error_body(exc.status, exc.code, exc.message, **exc.extra),
-                            status=exc.status)
-    for name, value in exc.headers.items():
-        response[name] = value
-    return response
+class UnsupportedMediaType(ApplicationError):
+    status = 415
+    code = "unsupported_media_type"
+    message = "Send the body as application/json."
+
+
+class RateLimitedError(ApplicationError):
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests."
 
 
 def pydantic_error(exc) -> ApplicationError:
@@ -290,8 +327,6 @@ class LeanInternalApi(InternalApi):
     still describes them in the OpenAPI schema."""
 
     def dispatch(self, request, *args, **kwargs):
-        from pydantic import ValidationError
-
         started = time.perf_counter()
         outcome = "error"  # an unexpected exception: the 500 is Django's to render
         self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
@@ -304,12 +339,12 @@ class LeanInternalApi(InternalApi):
             response = handler(request, *args, **kwargs)
             outcome = "ok"
             return response
-        except ApplicationError as exc:
-            outcome = exc.code
-            return application_error_response(exc)
-        except ValidationError as exc:
-            outcome = "invalid_request"
-            return application_error_response(pydantic_error(exc))
+        except Exception as exc:
+            error = as_application_error(exc)
+            if error is None:
+                raise
+            outcome = error.code
+            return application_error_response(error)
         finally:
             metrics.run_path_observe(call=self._metrics_call, started=started,
                                      outcome=outcome)

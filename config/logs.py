@@ -12,6 +12,7 @@ tasks it enqueues) carrying that request's id, and no secret in any line.
 
 import json
 import logging
+import logging.config
 import re
 import traceback
 import uuid
@@ -19,6 +20,8 @@ from contextlib import suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from celery import current_task, signals
+from django.conf import settings
 from django.core.signals import request_finished
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -100,8 +103,6 @@ def _card_redact(match: re.Match) -> str:
 def _configured_secrets() -> list[str]:
     """The secrets this process was given; read each time (tests change them)."""
     try:
-        from django.conf import settings
-
         if not settings.configured:
             return []
         values = [*settings.BILLING_INTERNAL_TOKENS, settings.SECRET_KEY,
@@ -134,10 +135,6 @@ _ACCESS_ATOMS = {"h": "remote_addr", "m": "method", "U": "path", "q": "query",
 
 
 def _task_context() -> dict:
-    try:
-        from celery import current_task
-    except ImportError:  # pragma: no cover - celery is a dependency
-        return {}
     task = current_task
     if task is None or not getattr(task, "request", None) or task.request.id is None:
         return {}
@@ -210,7 +207,7 @@ def logging_config(*, level: str = "INFO", fmt: str = "json", file: str = "") ->
             "django": {"handlers": [], "level": level, "propagate": True},
             "django.server": {"handlers": [], "level": level, "propagate": True},
             "django.db.backends": {"level": "WARNING"},
-            # gunicorn's own loggers, when it runs the service (config/gunicorn.conf.py).
+            # gunicorn's own loggers, when it runs the service (config/gunicorn_config.py).
             "gunicorn.error": {"handlers": [], "level": level, "propagate": True},
             "gunicorn.access": {"handlers": [], "level": "INFO", "propagate": True},
         },
@@ -247,16 +244,10 @@ def task_postrun_reset_request_id(task_id=None, **kwargs) -> None:
 def celery_setup_logging(**kwargs) -> None:
     """The worker logs through Django's LOGGING (the same JSON lines), not Celery's own
     formatting (connecting this signal tells Celery not to configure logging)."""
-    import logging.config
-
-    from django.conf import settings
-
     logging.config.dictConfig(settings.LOGGING)
 
 
 def connect_celery_signals() -> None:
-    from celery import signals
-
     signals.before_task_publish.connect(task_publish_add_request_id, weak=False)
     signals.task_prerun.connect(task_prerun_set_request_id, weak=False)
     signals.task_postrun.connect(task_postrun_reset_request_id, weak=False)

@@ -5,23 +5,23 @@ outcome of each call), the Stripe webhook view, and Celery's task signals. The r
 pays one histogram observe and one counter increment per call, no query.
 
 Under gunicorn every worker process keeps its own numbers: with PROMETHEUS_MULTIPROC_DIR
-set (config/gunicorn.conf.py sets it), prometheus_client writes them to files there and
+set (config/gunicorn_config.py sets it), prometheus_client writes them to files there and
 /metrics adds up all processes' files, so any worker answers for the whole server. Celery
 workers on the same host that share the directory are counted too."""
 
 import json
 import os
 import time
-from decimal import Decimal
 from functools import wraps
 
+from celery import signals
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 # Buckets around the run path's figures (about 1 ms at p50, a few ms at p99).
@@ -69,11 +69,10 @@ def run_path_observe(*, call: str, started: float, outcome: str) -> None:
     RUN_PATH_OUTCOMES.labels(call, outcome).inc()
 
 
-def settle_charge_observe(charged_usd: str) -> None:
-    amount = Decimal(charged_usd)
-    if amount > 0:
+def settle_charge_observe(charged_nanos: int) -> None:
+    if charged_nanos > 0:
         SETTLE_CHARGES.inc()
-        SETTLE_CHARGED_USD.inc(float(amount))
+        SETTLE_CHARGED_USD.inc(charged_nanos / 10**9)
 
 
 # --- Stripe webhooks --------------------------------------------------------------------------
@@ -151,8 +150,6 @@ def task_revoked_observe(sender=None, **kwargs) -> None:
 
 
 def connect_celery_signals() -> None:
-    from celery import signals
-
     signals.task_success.connect(task_success_observe, weak=False)
     signals.task_failure.connect(task_failure_observe, weak=False)
     signals.task_retry.connect(task_retry_observe, weak=False)
@@ -165,30 +162,7 @@ def connect_celery_signals() -> None:
 
 def metrics_text() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest(REGISTRY)
-
-
-def metrics_view(request):
-    from django.http import HttpResponse
-
-    from config.api import Unauthorized, application_error_response, service_token_ensure
-
-    if request.method not in ("GET", "HEAD"):
-        return application_error_response(_method_not_allowed())
-    try:
-        service_token_ensure(request)
-    except Unauthorized as exc:
-        return application_error_response(exc)
-    return HttpResponse(metrics_text(), content_type=CONTENT_TYPE_LATEST)
-
-
-def _method_not_allowed():
-    from config.api import MethodNotAllowedError
-
-    return MethodNotAllowedError('Method not allowed: use GET.',
-                                 headers={"Allow": "GET, HEAD"})

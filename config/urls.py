@@ -7,8 +7,8 @@ from drf_spectacular.views import SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
 from config.api import internal_not_found, json_not_found
-from config.health import readyz
-from config.metrics import metrics_view, webhook_observed
+from config.metrics import webhook_observed
+from config.operations import metrics_view, readyz
 from config.schema import InternalSchemaApi
 
 internal_v1 = [

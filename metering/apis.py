@@ -9,7 +9,6 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
-from billing.money import MoneyField, UsdNanos, nanos_to_usd
 from config import metrics
 from config.api import (
     ApplicationError,
@@ -18,17 +17,13 @@ from config.api import (
     JsonStringField,
     LeanInternalApi,
 )
-from metering.models import InferenceModel
+from config.money import MoneyField, UsdNanos, nanos_to_usd
+from metering.authorize import hold_authorize
+from metering.catalog import ModelNotFound, model_upsert
+from metering.holds import hold_heartbeat, hold_release
+from metering.models import Hold, InferenceModel
 from metering.selectors import model_get, size_class_for
-from metering.services import (
-    ModelNotFound,
-    Usage,
-    hold_authorize,
-    hold_heartbeat,
-    hold_release,
-    hold_settle,
-    model_upsert,
-)
+from metering.settle import Settlement, Usage, hold_settle
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
@@ -138,6 +133,17 @@ def authorization_output(authorization) -> dict:
     }
 
 
+def settlement_output(settlement: Settlement) -> dict:
+    return {
+        "hold_id": str(settlement.hold_id), "status": Hold.Status.SETTLED,
+        "charged_usd": nanos_to_usd(settlement.charged_nanos),
+        "billed_seconds": settlement.billed_seconds,
+        "balance_usd": nanos_to_usd(settlement.balance_after_nanos),
+        "available_usd": nanos_to_usd(settlement.available_after_nanos),
+        "unpaid_usd": nanos_to_usd(settlement.unpaid_nanos),
+    }
+
+
 def iso_datetime(value) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
@@ -186,7 +192,7 @@ class HoldAuthorizeApi(LeanInternalApi):
             byok=data.byok, auto_scale=data.auto_scale,
             estimate_seconds=as_decimal(estimate.seconds),
             estimate_input_tokens=estimate.input_tokens,
-            estimate_max_output_tokens=estimate.max_output_tokens, request=request)
+            estimate_max_output_tokens=estimate.max_output_tokens)
         return JsonResponse(authorization_output(authorization))
 
 
@@ -219,13 +225,13 @@ class HoldSettleApi(LeanInternalApi):
             missing = "output_tokens" if data.output_tokens is None else "input_tokens"
             raise ApplicationError(extra={"fields": {missing: [
                 "Send both input_tokens and output_tokens."]}})
-        result = hold_settle(hold_id=hold_id, usage=Usage(
+        settlement = hold_settle(hold_id=hold_id, usage=Usage(
             inference_seconds=as_decimal(data.inference_seconds),
             load_seconds=as_decimal(data.load_seconds),
             input_tokens=data.input_tokens, output_tokens=data.output_tokens,
             provider_cost_nanos=data.provider_cost_usd))
-        metrics.settle_charge_observe(result["charged_usd"])
-        return JsonResponse(result)
+        metrics.settle_charge_observe(settlement.charged_nanos)
+        return JsonResponse(settlement_output(settlement))
 
 
 class EmptyInput(BaseModel):
@@ -242,7 +248,9 @@ class HoldReleaseApi(LeanInternalApi):
                    summary="Release a hold: the run did not happen")
     def post(self, request, hold_id):
         EmptyInput.model_validate_json(request.body or b"{}")
-        return JsonResponse(hold_release(hold_id=hold_id))
+        released = hold_release(hold_id=hold_id)
+        return JsonResponse({"hold_id": str(released.hold_id), "status": Hold.Status.RELEASED,
+                             "charged_usd": "0"})
 
 
 class HoldHeartbeatApi(LeanInternalApi):
@@ -254,6 +262,6 @@ class HoldHeartbeatApi(LeanInternalApi):
                    summary="Extend the lease of a long run")
     def post(self, request, hold_id):
         EmptyInput.model_validate_json(request.body or b"{}")
-        result = hold_heartbeat(hold_id=hold_id)
-        return JsonResponse({**result,
-                             "lease_expires_at": iso_datetime(result["lease_expires_at"])})
+        extended = hold_heartbeat(hold_id=hold_id)
+        return JsonResponse({"hold_id": str(extended.hold_id),
+                             "lease_expires_at": iso_datetime(extended.lease_expires_at)})

@@ -6,56 +6,23 @@ invalidation at all, because the authorize statement itself checks that the key 
 neither revoked nor expired (the cache only maps a key's hash to its ids, which never
 change)."""
 
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import Account, ApiKey
 from accounts.services import api_key_hash
 from billing.models import Plan
+from config.api import ApplicationError
+from config.caching import TtlCache
 from metering.models import InferenceModel, PricingPolicy, SizeClass
 
 CATALOG_TTL_SECONDS = 5.0
 UNKNOWN_KEY_TTL_SECONDS = 2.0
-MAX_ENTRIES = 50_000
-
-
-class TtlCache:
-    """A bounded mapping whose entries expire `ttl` seconds after they were stored."""
-
-    def __init__(self, ttl: float, max_entries: int = MAX_ENTRIES):
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        # gthread workers share the cache between threads: writes and evictions under a
-        # lock (a read of a live entry needs none).
-        self._lock = threading.Lock()
-
-    def get(self, key, loader, none_ttl: float | None = None):
-        """The value for `key`, loaded when missing or stale. A None (nothing found) is
-        kept `none_ttl` seconds instead, when given (0: not kept)."""
-        now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        value = loader()
-        ttl = none_ttl if value is None and none_ttl is not None else self.ttl
-        if ttl <= 0:
-            return value
-        with self._lock:
-            self._entries[key] = (now + ttl, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +127,46 @@ def catalog_caches_clear() -> None:
     processes follow within CATALOG_TTL_SECONDS)."""
     for cache in (_keys, _models, _policy, _plans, _account_plans):
         cache.clear()
+
+
+# --- Catalog writes --------------------------------------------------------------------
+
+
+class ModelNotFound(ApplicationError):
+    status = 404
+    code = "model_not_found"
+    message = "No model with this id."
+
+
+class ModelTooLarge(ApplicationError):
+    code = "invalid_request"
+
+
+@transaction.atomic
+def model_upsert(*, model_id: str, kind: str, params_b: Decimal | None = None,
+                 provider: str = "", input_nanos_per_mtok: int | None = None,
+                 output_nanos_per_mtok: int | None = None,
+                 now: datetime | None = None) -> tuple[InferenceModel, bool]:
+    """Create or replace a model in the catalog."""
+    now = now or timezone.now()
+    if kind == InferenceModel.Kind.OPEN:
+        largest = SizeClass.objects.order_by("-max_params_b").first()
+        if largest is None or params_b > largest.max_params_b:
+            limit = f"{largest.max_params_b.normalize():f}B" if largest else "no size class"
+            raise ModelTooLarge(
+                f"No size class holds a {params_b.normalize():f}B model (largest: {limit}).",
+                extra={"fields": {"params_b": [f"At most {limit}."]}},
+            )
+        values = {"kind": kind, "params_b": params_b, "provider": "",
+                  "input_nanos_per_mtok": None, "output_nanos_per_mtok": None}
+    else:
+        values = {"kind": kind, "params_b": None, "provider": provider,
+                  "input_nanos_per_mtok": input_nanos_per_mtok,
+                  "output_nanos_per_mtok": output_nanos_per_mtok}
+    model, created = InferenceModel.objects.update_or_create(
+        id=model_id, defaults={**values, "updated_at": now}, create_defaults={
+            **values, "created_at": now, "updated_at": now})
+    # Now for this transaction's own reads, and after commit for everyone else's.
+    catalog_caches_clear()
+    transaction.on_commit(catalog_caches_clear)
+    return model, created

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from billing.money import round_half_up
+from config.money import round_half_up
 
 MILLION = 1_000_000
 

@@ -1,10 +1,13 @@
 from datetime import datetime
 from decimal import Decimal
 
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from accounts.models import Account
 from accounts.services import account_get
+from billing.selectors import ledger_discrepancies
+from metering.holds import account_bring_current
 from metering.models import Hold, InferenceModel, PricingPolicy, SizeClass
 
 
@@ -25,8 +28,6 @@ def pricing_policy_get() -> PricingPolicy:
 def account_current(*, account_id, now: datetime | None = None) -> Account:
     """The account with its working state brought up to `now` (expired credit recorded,
     tier recomputed, lapsed holds expired) when something is stale; no lock otherwise."""
-    from metering.services import account_bring_current
-
     now = now or timezone.now()
     account = account_get(account_id=account_id)
     if (account.credit_valid_until <= now or account.tier_valid_until <= now
@@ -39,8 +40,6 @@ def account_current(*, account_id, now: datetime | None = None) -> Account:
 
 def hold_discrepancies():
     """The run path's working counters against its open holds, per account."""
-    from django.db.models import Count, Sum
-
     open_holds = {
         row["account_id"]: row
         for row in Hold.objects.filter(status=Hold.Status.OPEN).values("account_id")
@@ -52,3 +51,9 @@ def hold_discrepancies():
         if held != row["held"] or slots != row["slots"]:
             yield (f"account {account_id}: working held {held} / slots {slots}, open holds "
                    f"{row['held']} / {row['slots']}")
+
+
+def books_discrepancies() -> list[str]:
+    """Everything `ledger_check` verifies: the ledger, lots and balances (billing's), and
+    the run path's held money and slots against its open holds. Empty: the books agree."""
+    return [*ledger_discrepancies(), *hold_discrepancies()]

@@ -29,6 +29,10 @@ def compact(statement: str) -> str:
     return re.sub(r"\s+", " ", " ".join(lines)).strip()
 
 
+# The fast path's rules in SQL. Their Python statements, which the slow path uses and which
+# name the refusal: the key (accounts.models.ApiKey.usable_at), the tier's model size
+# (ratelimits/tiers.py), the slots (ratelimits/slots.py), the balance and the credit's
+# expiry (billing/credit.py); metering/authorize.py's _refusal puts them in order.
 RESERVE_SQL = """
 UPDATE accounts_account
    SET held_nanos = held_nanos + %(reserve)s,
@@ -118,7 +122,7 @@ def authorize_reserve(params: dict) -> tuple | None:
         return (*row[:3], row[4], row[5], tier[0] if tier else None)
 
 
-# The settle is the database function metering_settle (migration metering/0006 holds its
+# The settle is the database function metering_settle (metering/settle_sql.py holds its
 # text): it locks the account, decides, prices and does every write, all in one statement.
 SETTLE_CALL = compact("""
 SELECT * FROM metering_settle(%(hold_id)s::uuid, %(now)s::timestamptz,

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from ratelimits.models import Tier
-from ratelimits.services import tiers_changed
+from ratelimits.tiers import tiers_changed
 
 
 @admin.register(Tier)

@@ -6,7 +6,7 @@ import os
 import pytest
 from django.conf import settings
 
-from billing.selectors import ledger_discrepancies
+from metering.selectors import books_discrepancies
 
 INTERNAL_TOKEN = "test-internal-token"
 
@@ -57,7 +57,7 @@ def _ledger_checked_after_each_test(request):
         return
     django_db_blocker = request.getfixturevalue("django_db_blocker")
     with django_db_blocker.unblock():
-        problems = ledger_discrepancies()
+        problems = books_discrepancies()
     assert problems == [], "ledger_check after the test:\n" + "\n".join(problems)
 
 

@@ -7,7 +7,8 @@ import factory
 from factory.django import DjangoModelFactory
 
 from accounts.models import Account, ApiKey
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
 from metering.models import InferenceModel
 
 

@@ -18,13 +18,13 @@ from django.db import connection, connections
 from django.db.models import Count, Sum
 
 from accounts.models import Account
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
+from billing.credit import credit_debit, credit_grant, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, LedgerEntry, LedgerTransaction, LowBalanceEvent, Purchase
-from billing.services import credit_debit, credit_grant, purchase_record
-from metering.catalog import catalog_caches_clear
+from metering.catalog import catalog_caches_clear, model_upsert
 from metering.models import Hold, InferenceModel, UsageRecord
-from metering.services import model_upsert
 
 USD = 10**9
 # Prices of the seeded size classes (DESIGN.md), in nano-dollars per second.

@@ -18,9 +18,9 @@ from billing.models import (
     LowBalanceEvent,
     Purchase,
 )
-from billing.money import usd_to_nanos
-from billing.selectors import ledger_discrepancies
+from config.money import usd_to_nanos
 from metering.models import InferenceModel
+from metering.selectors import books_discrepancies
 
 USD = 10**9
 # A fixed instant for frozen clocks: tests say "T0 + 28 days", never "now".
@@ -111,7 +111,7 @@ def assert_books_agree(account_id, balance_nanos: int | None = None) -> None:
     assert ledger == lots == balance, {"ledger": ledger, "lots": lots, "balance": balance}
     if balance_nanos is not None:
         assert balance == balance_nanos
-    assert ledger_discrepancies() == []
+    assert books_discrepancies() == []
 
 
 # --- Real concurrency ---------------------------------------------------------------------

@@ -11,8 +11,10 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from accounts import services
-from accounts.authentication import CustomerKeyAuthentication, InvalidApiKey
+from accounts.authentication import CustomerKeyAuthentication
 from accounts.models import ApiKey
+from accounts.services import InvalidApiKey
+from config.caching import TtlCache
 from tests.factories import AccountFactory, ApiKeyFactory
 from tests.support import BASE, T0, assert_error, db_counts
 
@@ -24,7 +26,7 @@ KEY_RE = re.compile(r"^(bk_[A-Za-z0-9]{8})_[A-Za-z0-9_-]{43}$")
 @pytest.fixture(autouse=True)
 def _fresh_last_used_memory(monkeypatch):
     """Each test starts as a freshly started process would."""
-    monkeypatch.setattr(services, "_last_used_written", {})
+    monkeypatch.setattr(services, "_last_used_written", TtlCache(ttl=60))
 
 
 def authenticate(key: str, scheme: str = "Bearer "):
@@ -190,7 +192,7 @@ class TestLastUsed:
         authenticate(api_key.secret)
 
         # Given a second process (nothing remembered in memory) using the key 30s later.
-        monkeypatch.setattr(services, "_last_used_written", {})
+        monkeypatch.setattr(services, "_last_used_written", TtlCache(ttl=60))
         time_machine.move_to(T0 + timedelta(seconds=30), tick=False)
         authenticate(api_key.secret)
 

@@ -5,21 +5,17 @@ import json
 
 import pytest
 from rest_framework import exceptions
-from rest_framework.renderers import JSONRenderer
 
-from billing.services import InsufficientCredit, InvalidExpiry
+from billing.errors import InsufficientCredit, InvalidExpiry
 from config.api import ApplicationError, exception_handler
-from metering.services import ModelTooLarge
+from metering.catalog import ModelTooLarge
 from tests.support import assert_error
 
 
 def rendered(exc):
     """The response the API sends for `exc`, rendered as JSON."""
     response = exception_handler(exc, {})
-    response.accepted_renderer = JSONRenderer()
-    response.accepted_media_type = "application/json"
-    response.renderer_context = {}
-    response.render()
+    response.data = json.loads(response.content)
     response.json = lambda: json.loads(response.content)
     return response
 

@@ -11,8 +11,8 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from metering import services
-from metering.services import Usage
+from metering.authorize import hold_authorize
+from metering.settle import Usage, hold_settle
 from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import (
     MODEL_7B,
@@ -35,13 +35,13 @@ class Scene:
 @pytest.fixture
 def scene() -> Scene:
     customer = customer_create(purchased_usd=3)
-    open_hold = services.hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+    open_hold = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
                                         request_id="open").hold_id
-    closed_hold = services.hold_authorize(api_key=customer.key, model_id=MODEL_CLOSED_CHEAP,
+    closed_hold = hold_authorize(api_key=customer.key, model_id=MODEL_CLOSED_CHEAP,
                                           request_id="closed").hold_id
-    settled_hold = services.hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+    settled_hold = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
                                            request_id="settled").hold_id
-    services.hold_settle(hold_id=settled_hold, usage=Usage(inference_seconds=3))
+    hold_settle(hold_id=settled_hold, usage=Usage(inference_seconds=3))
     return Scene(customer, str(open_hold), str(closed_hold), str(settled_hold))
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from billing.models import LedgerEntry, LedgerTransaction
+from metering.apis import HoldAuthorizeApi, HoldHeartbeatApi, HoldReleaseApi, HoldSettleApi
 from metering.catalog import catalog_caches_clear
 from metering.models import Hold, PricingPolicy, UsageRecord
 from tests.runpath import (
@@ -213,3 +214,23 @@ def test_authorize_answers_with_the_contracts_fields(api):
     assert body["tier"] == {"name": "Tier 3", "max_params_b": 70, "concurrency": 10}
     assert body["concurrency"] == {"in_use": 3, "limit": 10}
     assert body["lease_expires_at"].endswith("Z")
+
+
+def test_every_run_path_answer_is_what_its_documented_output_model_says(api):
+    """The pydantic output models describe the run path's answers in the served schema:
+    each answer has exactly their fields, of their types."""
+    customer = customer_create()
+    authorization = authorize(api, customer, estimate={"seconds": 10})
+    beat = api.post(f"/internal/v1/holds/{authorization['hold_id']}/heartbeat", {},
+                    format="json").json()
+    settled = settle(api, authorization["hold_id"], inference_seconds=3)
+    second = authorize(api, customer, request_id="second")
+    released = api.post(f"/internal/v1/holds/{second['hold_id']}/release", {},
+                        format="json").json()
+
+    for answer, model in [(authorization, HoldAuthorizeApi.AuthorizeOutput),
+                          (beat, HoldHeartbeatApi.HeartbeatOutput),
+                          (settled, HoldSettleApi.SettleOutput),
+                          (released, HoldReleaseApi.ReleaseOutput)]:
+        assert set(answer) == set(model.model_fields), model.__name__
+        model.model_validate(answer, strict=True)

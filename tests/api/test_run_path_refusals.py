@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 
-from billing.services import credit_grant
+from billing.credit import credit_grant
 from metering.models import Hold
 from tests.runpath import (
     MODEL_7B,

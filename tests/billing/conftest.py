@@ -18,7 +18,8 @@ import pytest
 import requests
 import stripe
 
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
 from billing.models import Plan
 
 WEBHOOK_SECRET = "whsec_test_localstripe_signing_secret"

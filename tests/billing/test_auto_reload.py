@@ -20,9 +20,9 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from accounts.models import Account
+from billing.auto_reload import auto_reload_run, payment_resume
+from billing.credit import credit_debit, credit_grant
 from billing.models import BillingProfile, LowBalanceEvent, Payment, Purchase
-from billing.payments import auto_reload_run, payment_resume
-from billing.services import credit_debit, credit_grant
 from billing.stripe_gateway import StripeGateway, StripeUnavailable
 from billing.tasks import auto_reload_for_crossing
 from config.celery import app as celery_app
@@ -350,7 +350,7 @@ def test_raising_the_threshold_above_the_balance_reloads_and_turning_off_clears_
 
 def test_the_sweep_finds_charges_whose_worker_died_and_crossings_nobody_picked_up(
         make_customer, save_card):
-    from billing.payments import low_balance_events_unhandled, payments_stalled
+    from billing.auto_reload import low_balance_events_unhandled, payments_stalled
 
     customer = _customer_with_reload(make_customer, save_card, buy=None)
     now = datetime.now(UTC)

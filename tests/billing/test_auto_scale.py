@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.models import Account
 from billing.models import BillingProfile, Payment, Purchase
-from billing.payments import auto_scale_purchase
+from metering.auto_scale import auto_scale_purchase
 from tests.billing.conftest import DECLINED_ON_CHARGE, GOOD_CARD
 
 USD = 10**9

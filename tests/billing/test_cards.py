@@ -7,8 +7,8 @@ import uuid
 import pytest
 from django.db import connection
 
+from billing.cards import stripe_customer_ensure
 from billing.models import BillingProfile, Card, Payment, Purchase
-from billing.payments import stripe_customer_ensure
 from billing.stripe_gateway import CheckoutSessionState, StripeGateway
 from tests.billing.conftest import deliver, event_payload
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from billing.credit import credit_debit, credit_grant
+from billing.errors import InsufficientCredit
 from billing.models import CreditLot
-from billing.services import InsufficientCredit, credit_debit, credit_grant
 from tests.factories import AccountFactory
 from tests.support import USD, assert_books_agree, run_concurrently, usd
 

@@ -9,10 +9,7 @@ from django.test import Client
 
 from accounts.locks import account_lock
 from accounts.models import FAR_FUTURE, Account
-from billing.ledger import Book, Kind, Leg, ledger_post
-from billing.models import CreditLot, LedgerTransaction, Purchase
-from billing.services import (
-    InsufficientCredit,
+from billing.credit import (
     account_balance_apply,
     credit_consume,
     credit_debit,
@@ -20,6 +17,9 @@ from billing.services import (
     credit_lots_expire_due,
     purchase_record,
 )
+from billing.errors import InsufficientCredit
+from billing.ledger import Book, Kind, Leg, ledger_post
+from billing.models import CreditLot, LedgerTransaction, Purchase
 from tests.conftest import INTERNAL_TOKEN
 from tests.factories import AccountFactory
 from tests.support import (

@@ -6,8 +6,8 @@ from datetime import timedelta
 import pytest
 
 from billing import tasks
+from billing.credit import credit_debit, credit_grant, free_grant_ensure
 from billing.models import CreditLot, LedgerTransaction
-from billing.services import credit_debit, credit_grant, free_grant_ensure
 from config.celery import app as celery_app
 from tests.factories import AccountFactory
 from tests.support import (

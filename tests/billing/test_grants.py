@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils.dateparse import parse_datetime
 
+from billing.credit import credit_debit
 from billing.ledger import Book, Kind
 from billing.models import CreditLot, LedgerEntry
-from billing.services import credit_debit
 from tests.factories import AccountFactory
 from tests.support import BASE, T0, USD, assert_books_agree, db_counts, usd
 

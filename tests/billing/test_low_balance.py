@@ -6,13 +6,9 @@ from datetime import timedelta
 import pytest
 
 from accounts.models import Account
+from billing.credit import credit_debit, credit_grant, credit_lots_expire_due
+from billing.errors import InsufficientCredit
 from billing.models import LowBalanceEvent
-from billing.services import (
-    InsufficientCredit,
-    credit_debit,
-    credit_grant,
-    credit_lots_expire_due,
-)
 from tests.factories import AccountFactory
 from tests.support import T0, USD, assert_books_agree, usd
 

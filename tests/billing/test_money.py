@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from billing.money import (
+from config.money import (
     MoneyFormatError,
     cents_to_nanos,
     nanos_to_cents,

@@ -11,10 +11,10 @@ from django.contrib.admin.models import LogEntry
 
 from accounts.models import Account
 from accounts.services import account_status_set
+from billing.credit import credit_debit
 from billing.models import CreditLot, Dispute, LedgerEntry, Purchase, Reversal
-from billing.payments import auto_scale_purchase
 from billing.refunds import purchase_refund
-from billing.services import credit_debit
+from metering.auto_scale import auto_scale_purchase
 from tests.billing.conftest import deliver, event_payload
 from tests.support import assert_books_agree
 

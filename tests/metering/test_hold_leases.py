@@ -11,12 +11,14 @@ import pytest
 import time_machine
 from django.db import connection, transaction
 
+from billing.credit import credit_grant
 from billing.models import CreditLot, LedgerTransaction
-from billing.services import credit_grant
 from config.api import ApplicationError
-from metering import services
+from metering.apis import settlement_output
+from metering.authorize import hold_authorize
+from metering.holds import HoldReleased, hold_heartbeat, hold_release, holds_expire
 from metering.models import Hold, UsageRecord
-from metering.services import Usage
+from metering.settle import Usage, hold_settle
 from metering.tasks import holds_expire_due
 from tests.runpath import (
     MODEL_7B,
@@ -39,7 +41,7 @@ MICROSECOND = timedelta(microseconds=1)
 
 
 def authorize(customer, *, now, seconds=60, request_id=None):
-    return services.hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+    return hold_authorize(api_key=customer.key, model_id=MODEL_7B,
                                    request_id=request_id or f"run-{now.isoformat()}",
                                    estimate_seconds=seconds, now=now)
 
@@ -128,12 +130,12 @@ def test_a_late_settle_within_the_window_is_charged_as_usual(eager_tasks):
     # Given a hold that expired (freed by the sweep) because its caller went quiet.
     customer = customer_create(now=T0 - timedelta(days=1))
     hold = authorize(customer, now=T0)
-    services.holds_expire(account_id=customer.account_id, now=T0 + LEASE)
+    holds_expire(account_id=customer.account_id, now=T0 + LEASE)
     assert Hold.objects.get(id=hold.hold_id).status == Hold.Status.EXPIRED
 
     # When the run's settle arrives 23 hours later.
-    result = services.hold_settle(hold_id=hold.hold_id, now=T0 + timedelta(hours=23),
-                                  usage=Usage(inference_seconds=100))
+    result = settlement_output(hold_settle(
+        hold_id=hold.hold_id, now=T0 + timedelta(hours=23), usage=Usage(inference_seconds=100)))
 
     # Then it is charged in full; the slot and reservation, freed already, stay freed.
     assert (result["status"], result["charged_usd"]) == ("settled", "0.007200000")
@@ -147,8 +149,8 @@ def test_a_settle_after_the_lease_but_before_any_sweep_charges_and_frees_the_slo
     customer = customer_create(now=T0 - timedelta(days=1))
     hold = authorize(customer, now=T0)
 
-    result = services.hold_settle(hold_id=hold.hold_id, now=T0 + timedelta(hours=2),
-                                  usage=Usage(inference_seconds=10))
+    result = settlement_output(hold_settle(hold_id=hold.hold_id, now=T0 + timedelta(hours=2),
+                                  usage=Usage(inference_seconds=10)))
 
     assert result["charged_usd"] == "0.000720000"
     account = customer.account()
@@ -163,16 +165,16 @@ def test_a_settle_after_the_late_settle_window_is_refused(swept, api):
     at_edge = authorize(customer, now=T0, request_id="edge")
     too_late = authorize(customer, now=T0, request_id="too-late")
     if swept:
-        services.holds_expire(account_id=customer.account_id, now=T0 + LEASE)
+        holds_expire(account_id=customer.account_id, now=T0 + LEASE)
 
     # When one settles exactly at the end of the window, it is still charged.
-    edge = services.hold_settle(hold_id=at_edge.hold_id, now=T0 + LEASE + WINDOW,
-                                usage=Usage(inference_seconds=1))
+    edge = settlement_output(hold_settle(hold_id=at_edge.hold_id, now=T0 + LEASE + WINDOW,
+                                usage=Usage(inference_seconds=1)))
     assert edge["charged_usd"] == "0.000072000"
 
     # When the other settles a microsecond later, it is refused and nothing is written.
     before = world_snapshot(customer.account_id)
-    error = refusal(lambda: services.hold_settle(
+    error = refusal(lambda: hold_settle(
         hold_id=too_late.hold_id, now=T0 + LEASE + WINDOW + MICROSECOND,
         usage=Usage(inference_seconds=1)))
     assert (error.status, error.code, error.extra) == (409, "hold_closed",
@@ -193,19 +195,19 @@ def test_a_heartbeat_keeps_a_long_run_alive_past_its_first_lease(eager_tasks):
     hold = authorize(customer, now=T0)
 
     # When the gateway heartbeats at 100 s, the sweep at 130 s leaves the hold open.
-    beat = services.hold_heartbeat(hold_id=hold.hold_id, now=T0 + timedelta(seconds=100))
-    assert beat["lease_expires_at"] == T0 + timedelta(seconds=100) + LEASE
-    services.holds_expire(account_id=customer.account_id, now=T0 + timedelta(seconds=130))
+    beat = hold_heartbeat(hold_id=hold.hold_id, now=T0 + timedelta(seconds=100))
+    assert beat.lease_expires_at == T0 + timedelta(seconds=100) + LEASE
+    holds_expire(account_id=customer.account_id, now=T0 + timedelta(seconds=130))
     assert Hold.objects.get(id=hold.hold_id).status == Hold.Status.OPEN
     assert customer.account().slots_in_use == 1
 
     # When the heartbeats stop, the extended lease ends and the sweep frees the slot; a
     # heartbeat after that is refused.
-    services.holds_expire(account_id=customer.account_id,
+    holds_expire(account_id=customer.account_id,
                           now=T0 + timedelta(seconds=220))
     assert Hold.objects.get(id=hold.hold_id).status == Hold.Status.EXPIRED
     assert customer.account().slots_in_use == 0
-    error = refusal(lambda: services.hold_heartbeat(hold_id=hold.hold_id,
+    error = refusal(lambda: hold_heartbeat(hold_id=hold.hold_id,
                                                     now=T0 + timedelta(seconds=221)))
     assert (error.status, error.code) == (409, "hold_closed")
 
@@ -215,7 +217,7 @@ def test_a_heartbeat_after_the_lease_ended_is_refused_even_before_the_sweep():
     hold = authorize(customer, now=T0)
     before = world_snapshot(customer.account_id)
 
-    error = refusal(lambda: services.hold_heartbeat(hold_id=hold.hold_id, now=T0 + LEASE))
+    error = refusal(lambda: hold_heartbeat(hold_id=hold.hold_id, now=T0 + LEASE))
 
     assert (error.code, error.extra) == ("hold_closed", {"hold_status": "expired"})
     assert world_snapshot(customer.account_id) == before
@@ -224,18 +226,17 @@ def test_a_heartbeat_after_the_lease_ended_is_refused_even_before_the_sweep():
 def test_releasing_an_expired_hold_changes_no_money():
     customer = customer_create(now=T0 - timedelta(days=1))
     hold = authorize(customer, now=T0)
-    services.holds_expire(account_id=customer.account_id, now=T0 + LEASE)
+    holds_expire(account_id=customer.account_id, now=T0 + LEASE)
     before = customer.account()
 
-    result = services.hold_release(hold_id=hold.hold_id, now=T0 + LEASE)
-    again = services.hold_release(hold_id=hold.hold_id, now=T0 + LEASE)
+    result = hold_release(hold_id=hold.hold_id, now=T0 + LEASE)
+    again = hold_release(hold_id=hold.hold_id, now=T0 + LEASE)
 
-    assert result == again == {"hold_id": str(hold.hold_id), "status": "released",
-                               "charged_usd": "0"}
+    assert result == again == HoldReleased(hold_id=hold.hold_id)
     after = customer.account()
     assert (after.balance_nanos, after.held_nanos, after.slots_in_use) == (
         before.balance_nanos, 0, 0)
-    error = refusal(lambda: services.hold_settle(hold_id=hold.hold_id, now=T0 + LEASE,
+    error = refusal(lambda: hold_settle(hold_id=hold.hold_id, now=T0 + LEASE,
                                                  usage=Usage(inference_seconds=1)))
     assert (error.code, error.extra) == ("hold_closed", {"hold_status": "released"})
 
@@ -318,7 +319,7 @@ def waits_for_a_lock(session: OnItsOwnConnection) -> None:
 def sweep_at(when, account_id, *, by: str) -> Callable[[], object]:
     """The lease sweep at `when`: the service on the account, or the periodic task."""
     if by == "service":
-        return lambda: services.holds_expire(account_id=account_id, now=when)
+        return lambda: holds_expire(account_id=account_id, now=when)
 
     def task():
         with time_machine.travel(when, tick=False):
@@ -335,7 +336,7 @@ def test_a_heartbeat_committing_while_the_sweep_runs_keeps_its_hold(by, own_conn
     # committed yet (its connection holds the row).
     customer = customer_create(now=T0 - timedelta(days=1))
     hold = authorize(customer, now=T0)
-    beat = own_connection(lambda: services.hold_heartbeat(
+    beat = own_connection(lambda: hold_heartbeat(
         hold_id=hold.hold_id, now=T0 + timedelta(seconds=100)))
     assert beat.called.wait(30)
     assert not isinstance(beat.result, BaseException), beat.result
@@ -353,7 +354,7 @@ def test_a_heartbeat_committing_while_the_sweep_runs_keeps_its_hold(by, own_conn
     if by == "service":
         assert sweep.result == 0, sweep.result
     assert not isinstance(sweep.result, BaseException), sweep.result
-    assert beat.result["lease_expires_at"] == T0 + timedelta(seconds=100) + LEASE
+    assert beat.result.lease_expires_at == T0 + timedelta(seconds=100) + LEASE
     stored = Hold.objects.get(id=hold.hold_id)
     assert (stored.status, stored.lease_expires_at, stored.closed_at) == (
         Hold.Status.OPEN, T0 + timedelta(seconds=100) + LEASE, None)
@@ -379,7 +380,7 @@ def test_a_heartbeat_arriving_while_the_sweep_holds_its_locks_is_refused(by, own
 
     # When a heartbeat sent at 100 s reaches the database then, and the sweep commits
     # while it waits.
-    beat = own_connection(lambda: services.hold_heartbeat(
+    beat = own_connection(lambda: hold_heartbeat(
         hold_id=hold.hold_id, now=T0 + timedelta(seconds=100)))
     waits_for_a_lock(beat)
     sweep.commit()
@@ -412,7 +413,7 @@ def test_expired_credit_is_never_spendable_even_before_the_expiry_task_runs():
 
     # When a run is authorized a microsecond before T, it is admitted.
     early = authorize(customer, now=expiry - MICROSECOND, request_id="early")
-    services.hold_release(hold_id=early.hold_id, now=expiry - MICROSECOND)
+    hold_release(hold_id=early.hold_id, now=expiry - MICROSECOND)
 
     # When one is authorized at T, with the expiry not yet recorded by any task.
     lot.refresh_from_db()
@@ -441,8 +442,9 @@ def test_a_settle_after_the_credit_expired_cannot_spend_it(anon_api):
                             expires_at=expiry + timedelta(days=7))
 
     # When the run settles after T for more than the live credit ($0.10): $0.2592.
-    result = services.hold_settle(hold_id=hold.hold_id, now=expiry + timedelta(seconds=1),
-                                  usage=Usage(inference_seconds=3600))
+    result = settlement_output(hold_settle(
+        hold_id=hold.hold_id, now=expiry + timedelta(seconds=1),
+        usage=Usage(inference_seconds=3600)))
 
     # Then only the live lot paid; the rest is owed, and the expired $1 was not touched.
     assert result["charged_usd"] == "0.259200000"

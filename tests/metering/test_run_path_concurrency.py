@@ -12,11 +12,12 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account
 from billing.models import LedgerEntry, LedgerTransaction
-from billing.selectors import ledger_discrepancies
 from config.api import ApplicationError
-from metering import services
+from metering.authorize import hold_authorize
+from metering.holds import hold_heartbeat, hold_release
 from metering.models import Hold, UsageRecord
-from metering.services import Usage
+from metering.selectors import books_discrepancies
+from metering.settle import Usage, hold_settle
 from metering.tasks import holds_expire_due
 from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import (
@@ -97,11 +98,11 @@ def test_barrier_synchronised_authorizes_admit_exactly_the_covered_number(admitt
                                                "slots": admitted}
     assert Hold.objects.filter(account_id=customer.account_id).count() == admitted
     assert (LedgerTransaction.objects.count(), LedgerEntry.objects.count()) == ledger_before
-    assert ledger_discrepancies() == []
+    assert books_discrepancies() == []
 
     # And when they are all released, the account is back where it started.
     for response in ok:
-        services.hold_release(hold_id=response.json()["hold_id"])
+        hold_release(hold_id=response.json()["hold_id"])
     account.refresh_from_db()
     assert (account.held_nanos, account.slots_in_use, account.balance_nanos) == (0, 0, balance)
 
@@ -114,7 +115,7 @@ def test_racing_callers_with_one_request_id_get_one_hold():
     # When 20 callers race with the same request_id.
     def caller(i):
         try:
-            authorization = services.hold_authorize(
+            authorization = hold_authorize(
                 api_key=customer.key, model_id=MODEL_7B, request_id="one-run",
                 estimate_seconds=30)
         except ApplicationError as exc:
@@ -135,7 +136,7 @@ def test_racing_callers_with_one_request_id_get_one_hold():
 def test_concurrent_and_repeated_settles_of_one_hold_charge_once():
     # Given an open 7B hold on an account with $1.
     customer = customer_create()
-    hold_id = services.hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+    hold_id = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
                                       request_id="settle-once").hold_id
     body = {"inference_seconds": 12.4, "load_seconds": 31.0}
 
@@ -241,7 +242,7 @@ def test_slots_never_exceed_the_limit_under_mixed_operations(settings, eager_tas
             try:
                 if action in ("authorize", "vanish"):
                     model = rng.choice([MODEL_7B, MODEL_7B, MODEL_15B, MODEL_70B])
-                    authorization = services.hold_authorize(
+                    authorization = hold_authorize(
                         api_key=customer.key, model_id=model, request_id=f"mix-{i}-{n}",
                         estimate_seconds=rng.randint(1, 120))
                     if action == "authorize":  # a vanished caller never reports back
@@ -249,16 +250,16 @@ def test_slots_never_exceed_the_limit_under_mixed_operations(settings, eager_tas
                             shared.append(authorization.hold_id)
                 elif action == "settle":
                     if (hold_id := pick(rng)) is not None:
-                        services.hold_settle(hold_id=hold_id, usage=Usage(
+                        hold_settle(hold_id=hold_id, usage=Usage(
                             inference_seconds=rng.randint(0, 200)))
                         forget(hold_id)
                 elif action == "release":
                     if (hold_id := pick(rng)) is not None:
-                        services.hold_release(hold_id=hold_id)
+                        hold_release(hold_id=hold_id)
                         forget(hold_id)
                 elif action == "heartbeat":
                     if (hold_id := pick(rng)) is not None:
-                        services.hold_heartbeat(hold_id=hold_id)
+                        hold_heartbeat(hold_id=hold_id)
                 else:
                     from metering.tasks import holds_expire_due
 
@@ -289,4 +290,4 @@ def test_slots_never_exceed_the_limit_under_mixed_operations(settings, eager_tas
     assert (account.slots_in_use, account.held_nanos) == (0, 0)
     assert not Hold.objects.filter(status=Hold.Status.OPEN).exists()
     assert Hold.objects.filter(status=Hold.Status.EXPIRED).exists()
-    assert ledger_discrepancies() == []
+    assert books_discrepancies() == []

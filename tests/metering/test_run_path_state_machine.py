@@ -14,7 +14,7 @@ from new credit); every step's answer is compared with it, and after every step:
 - customer credit == sum of lots' remaining == Account.balance_nanos;
 - the books equal the model's: revenue, expired credit, receivable, each lot;
 - held nanos and slots == the open holds; holds' statuses agree with the model;
-- ledger_discrepancies() == [].
+- books_discrepancies() == [].
 
 Replay: the run is derandomized (the same examples every run); a failure prints the
 steps, and `@reproduce_failure` if Hypothesis asks for it.
@@ -48,20 +48,23 @@ from hypothesis.stateful import (
 
 from accounts.models import Account
 from accounts.services import account_status_set
+from billing.credit import credit_grant, credit_lots_expire_due, free_grant_ensure, purchase_record
 from billing.ledger import Book
 from billing.models import CreditLot, LedgerEntry, Purchase
-from billing.money import nanos_to_usd
-from billing.selectors import ledger_discrepancies
-from billing.services import (
-    credit_grant,
-    credit_lots_expire_due,
-    free_grant_ensure,
-    purchase_record,
-)
 from config.api import ApplicationError
-from metering import services
+from config.money import nanos_to_usd
+from metering.apis import settlement_output
+from metering.authorize import hold_authorize
+from metering.holds import (
+    HoldReleased,
+    hold_heartbeat,
+    hold_release,
+    holds_expire,
+    holds_expire_due_account_ids,
+)
 from metering.models import Hold, UsageRecord
-from metering.services import Usage
+from metering.selectors import books_discrepancies
+from metering.settle import Usage, hold_settle
 from ratelimits.models import Tier
 from tests.runpath import (
     MODEL_7B,
@@ -287,12 +290,12 @@ class RunPathMachine(RuleBasedStateMachine):
     def background_work(self, index, kind):
         account = self.accounts[index]
         if kind == "leases_expire":  # one account's lapsed holds
-            services.holds_expire(account_id=account.id, now=self.now)
+            holds_expire(account_id=account.id, now=self.now)
             assert not Hold.objects.filter(account_id=account.id, status=Hold.Status.OPEN,
                                            lease_expires_at__lte=self.now).exists()
         elif kind == "vanished_callers_swept":  # the periodic task's fan-out
-            for account_id in services.holds_expire_due_account_ids(now=self.now):
-                services.holds_expire(account_id=account_id, now=self.now)
+            for account_id in holds_expire_due_account_ids(now=self.now):
+                holds_expire(account_id=account_id, now=self.now)
             assert not Hold.objects.filter(status=Hold.Status.OPEN,
                                            lease_expires_at__lte=self.now).exists()
         elif kind == "lots_expire":
@@ -343,7 +346,7 @@ class RunPathMachine(RuleBasedStateMachine):
             expected = None
 
         request_id = f"run-{next(self.request_ids)}"
-        outcome = self.refusal(lambda: services.hold_authorize(
+        outcome = self.refusal(lambda: hold_authorize(
             api_key=account.key, model_id=model_id, request_id=request_id, byok=byok,
             estimate_seconds=seconds,
             estimate_input_tokens=tokens[0] if tokens else None,
@@ -375,7 +378,7 @@ class RunPathMachine(RuleBasedStateMachine):
         hold = self.all_holds[hold_id]
         account = self.accounts[hold.account]
         model_id = MODEL_CLOSED if hold.model == "byok" else hold.model
-        authorization = self.refusal(lambda: services.hold_authorize(
+        authorization = self.refusal(lambda: hold_authorize(
             api_key=account.key, model_id=model_id, request_id=hold.request_id,
             byok=hold.model == "byok", now=self.now))
         if account.suspended:  # a suspended account's authorize fails, retries included
@@ -430,8 +433,8 @@ class RunPathMachine(RuleBasedStateMachine):
         db_hold = Hold.objects.get(id=hold_id)
         held_before = Account.objects.get(id=account.id).held_nanos
 
-        outcome = self.refusal(lambda: services.hold_settle(hold_id=hold_id, usage=usage,
-                                                            now=self.now))
+        outcome = self.refusal(lambda: settlement_output(
+            hold_settle(hold_id=hold_id, usage=usage, now=self.now)))
 
         if hold.status == "settled":
             REACHED["settle replayed"] += 1
@@ -465,22 +468,22 @@ class RunPathMachine(RuleBasedStateMachine):
     @rule(hold_id=holds)
     def release(self, hold_id):
         hold = self.all_holds[hold_id]
-        outcome = self.refusal(lambda: services.hold_release(hold_id=hold_id, now=self.now))
+        outcome = self.refusal(lambda: hold_release(hold_id=hold_id, now=self.now))
         if hold.status == "settled":
             assert isinstance(outcome, ApplicationError) and outcome.code == "hold_closed"
             return
-        assert outcome == {"hold_id": str(hold_id), "status": "released", "charged_usd": "0"}
+        assert outcome == HoldReleased(hold_id=uuid.UUID(str(hold_id)))
         hold.status = "released"
 
     @rule(hold_id=holds)
     def heartbeat(self, hold_id):
         hold = self.all_holds[hold_id]
-        outcome = self.refusal(lambda: services.hold_heartbeat(hold_id=hold_id,
+        outcome = self.refusal(lambda: hold_heartbeat(hold_id=hold_id,
                                                                now=self.now))
         if hold.status != "open" or hold.lapsed(self.now):
             assert isinstance(outcome, ApplicationError) and outcome.code == "hold_closed"
             return
-        assert outcome["lease_expires_at"] == self.now + LEASE
+        assert outcome.lease_expires_at == self.now + LEASE
         hold.lease_expires_at = self.now + LEASE
 
     # --- after every step -------------------------------------------------------------------
@@ -564,7 +567,7 @@ class RunPathMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledger_check_passes(self):
-        assert ledger_discrepancies() == []
+        assert books_discrepancies() == []
 
 
 def project_modules_imported() -> None:

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from accounts.models import Account
+from billing.credit import credit_grant, purchase_record
 from billing.models import (
     CreditLot,
     LedgerEntry,
@@ -15,11 +16,13 @@ from billing.models import (
     LowBalanceEvent,
     Purchase,
 )
-from billing.money import nanos_to_usd
-from billing.services import credit_grant, purchase_record
-from metering import services, sql
+from config.money import nanos_to_usd
+from metering import settle, sql
+from metering.apis import settlement_output
+from metering.authorize import hold_authorize
+from metering.holds import holds_expire
 from metering.models import Hold, UsageRecord
-from metering.services import Usage
+from metering.settle import Usage, hold_settle
 from tests.runpath import (
     MODEL_7B,
     MODEL_CLOSED,
@@ -54,7 +57,7 @@ def scenario(settle) -> tuple[object, dict]:
         auto_reload_threshold_nanos=3 * USD)
 
     def authorize(request_id, model=MODEL_7B, **options):
-        return services.hold_authorize(api_key=customer.key, model_id=model,
+        return hold_authorize(api_key=customer.key, model_id=model,
                                        request_id=request_id, now=T0, **options).hold_id
 
     holds = {name: authorize(name, estimate_seconds=60)
@@ -65,7 +68,8 @@ def scenario(settle) -> tuple[object, dict]:
     results = {}
 
     def run(name, now, **usage):
-        results[name] = settle(hold_id=holds[name], usage=Usage(**usage), now=now)
+        results[name] = settlement_output(settle(hold_id=holds[name], usage=Usage(**usage),
+                                                  now=now))
 
     run("hour", T0 + timedelta(seconds=60), inference_seconds=Decimal(3600),
         load_seconds=Decimal(40))  # $0.2592
@@ -75,12 +79,12 @@ def scenario(settle) -> tuple[object, dict]:
         load_seconds=Decimal("12.5"))
     run("byok", T0 + timedelta(seconds=95), input_tokens=10, output_tokens=10)
     # Settling a settled hold again returns the first result, whichever writer wrote it.
-    results["hour-replayed"] = settle(hold_id=holds["hour"], now=T0 + HOUR,
-                                      usage=Usage(inference_seconds=Decimal(9999)))
+    results["hour-replayed"] = settlement_output(settle(
+        hold_id=holds["hour"], now=T0 + HOUR, usage=Usage(inference_seconds=Decimal(9999))))
     # Lease lapsed, no sweep yet: it still holds money and a slot, which the settle frees.
     run("lapsed", T0 + HOUR, inference_seconds=Decimal("12.01"))
     # Lease lapsed and swept: the sweep freed its money and slot already.
-    services.holds_expire(account_id=customer.account_id, now=T0 + HOUR)
+    holds_expire(account_id=customer.account_id, now=T0 + HOUR)
     # After two promo lots expired, unrecorded: only live credit may pay.
     run("swept", T0 + 3 * HOUR, inference_seconds=Decimal(600))
     # 23 hours after its lease, and then one run that costs more than all the credit.
@@ -130,14 +134,14 @@ def state_of(account_id) -> dict:
 def test_the_postgresql_and_portable_settle_writers_have_identical_effects(monkeypatch):
     # Given the scenario run once through the PostgreSQL statement.
     assert sql.is_postgresql()
-    fast_account, fast_results = scenario(services.hold_settle)
+    fast_account, fast_results = scenario(hold_settle)
 
     # When it is run again with settle taking the portable ORM path.
     def portable_settle(**kwargs):
         with monkeypatch.context() as patched:
             patched.setattr(sql, "is_postgresql", lambda: False)
-            patched.setattr(services, "_hold_settle_postgresql", None)  # must not run
-            return services.hold_settle(**kwargs)
+            patched.setattr(settle, "_hold_settle_postgresql", None)  # must not run
+            return hold_settle(**kwargs)
 
     portable_account, portable_results = scenario(portable_settle)
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
+from billing.credit import credit_grant, free_grant_ensure, purchase_record
 from billing.models import Purchase
-from billing.services import credit_grant, free_grant_ensure, purchase_record
-from ratelimits.services import tier_for_purchased, tiers_changed
+from ratelimits.tiers import tier_for_purchased, tiers_changed
 from tests.factories import AccountFactory
 from tests.support import BASE, T0, USD, assert_books_agree
 

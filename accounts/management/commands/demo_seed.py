@@ -4,11 +4,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts.models import User
-from accounts.services import account_create, api_key_create
+from accounts.services import api_key_create
+from billing.account_opening import account_create
+from billing.credit import purchase_record
 from billing.ledger import Book
 from billing.models import Purchase
-from billing.services import purchase_record
-from metering.services import model_upsert
+from metering.catalog import model_upsert
 
 USD = 10**9
 DEMO_MODELS = [

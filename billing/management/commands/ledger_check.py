@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.selectors import ledger_discrepancies
+from metering.selectors import books_discrepancies
 
 
 class Command(BaseCommand):
@@ -9,7 +9,7 @@ class Command(BaseCommand):
             "any difference.")
 
     def handle(self, *args, **options):
-        problems = ledger_discrepancies()
+        problems = books_discrepancies()
         for problem in problems:
             self.stderr.write(problem)
         if problems:

@@ -1,4 +1,5 @@
-"""Refusals of the run path, each naming its reason as the contract says."""
+"""The run path's refusals for the account's tier, its slots and its request rate; each
+names its reason, as the contract says."""
 
 from config.api import ApplicationError
 
@@ -25,20 +26,3 @@ class RateLimited(ApplicationError):
     status = 429
     code = "rate_limited"
     message = "Too many closed-model requests per second for the account's plan."
-
-
-class HoldNotFound(ApplicationError):
-    status = 404
-    code = "hold_not_found"
-    message = "No hold with this id."
-
-
-class HoldClosed(ApplicationError):
-    status = 409
-    code = "hold_closed"
-    message = "The hold is settled, released or expired."
-
-
-class UsageMismatch(ApplicationError):
-    code = "invalid_request"
-    message = "The usage does not fit the hold's model."

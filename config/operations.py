@@ -1,4 +1,6 @@
-"""Readiness: may the load balancer send this process traffic? Yes when PostgreSQL and
+"""The operators' endpoints: /readyz and /metrics.
+
+Readiness: may the load balancer send this process traffic? Yes when PostgreSQL and
 Redis both answer within a short time; otherwise 503 naming the part that does not.
 
 (/healthz, liveness, stays in config/urls.py: the process answers, nothing else.)
@@ -12,11 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 
+import redis
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from config.api import error_body
+from config.api import (
+    MethodNotAllowedError,
+    Unauthorized,
+    application_error_response,
+    error_body,
+    service_token_ensure,
+)
+from config.metrics import metrics_text
 
 _checks_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
 _redis_client = None
@@ -40,8 +51,6 @@ def _database_check() -> None:
 
 def _redis_check() -> None:
     global _redis_client
-    import redis
-
     if _redis_client is None:
         seconds = _timeout()
         _redis_client = redis.Redis.from_url(
@@ -85,3 +94,15 @@ def readyz(request):
     response["Retry-After"] = "5"
     response["Cache-Control"] = "no-store"
     return response
+
+
+def metrics_view(request):
+    """Prometheus text (config/metrics.py), for a caller with a service token."""
+    try:
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowedError("Method not allowed: use GET.",
+                                        headers={"Allow": "GET, HEAD"})
+        service_token_ensure(request)
+    except (MethodNotAllowedError, Unauthorized) as exc:
+        return application_error_response(exc)
+    return HttpResponse(metrics_text(), content_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""Writes to credit: lots, grants, purchases, spending and expiry.
+"""Credit: lots, grants, purchases, burn-down (soonest-expiring first) and expiry.
 
 All functions that move money lock the account first (accounts.locks), write the lots
 and the ledger together, and keep the account's working balance equal to both."""
@@ -6,7 +6,6 @@ and the ledger together, and keep the account's working balance equal to both.""
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from uuid import UUID
 
 from django.conf import settings
@@ -17,21 +16,21 @@ from django.utils import timezone
 
 from accounts.locks import account_lock
 from accounts.models import FAR_FUTURE, Account
+from billing.errors import InsufficientCredit, InvalidExpiry
 from billing.ledger import Book, Kind, Leg, ledger_post
-from billing.models import CreditLot, LowBalanceEvent, Plan, Purchase
+from billing.low_balance import low_balance_record
+from billing.models import CreditLot, Plan, Purchase
 from config.api import ApplicationError
+from ratelimits.tiers import account_tier_apply, tier_window_start
 
 logger = logging.getLogger(__name__)
 
 Source = CreditLot.Source
 
 
-class InvalidExpiry(ApplicationError):
-    code = "invalid_request"
-    message = "The expiry must be in the future."
-
-
 def _credit_valid_until_expression(account_id: UUID):
+    # The credit is all live until its first lot expires. The settle on PostgreSQL sets
+    # the same column in SQL (metering/settle_sql.py, the acct step).
     return Coalesce(
         CreditLot.objects.filter(account_id=account_id, remaining_nanos__gt=0)
         .values("account_id")
@@ -154,8 +153,6 @@ def purchase_record(*, account_id: UUID, amount_nanos: int, reference: str, kind
 
     `lot_amount_nanos` lets a payment buy more credit than it costs (the pay-as-you-go
     plan's $3 month grants $5): the difference is a promotional grant."""
-    from ratelimits.services import account_tier_refresh
-
     now = now or timezone.now()
     account = account_lock(account_id=account_id)
     existing = Purchase.objects.filter(account=account, reference=reference).first()
@@ -174,41 +171,6 @@ def purchase_record(*, account_id: UUID, amount_nanos: int, reference: str, kind
                                        reference=reference, lot=lot, purchased_at=now)
     account_tier_refresh(account=account, now=now)
     return purchase, True
-
-
-def low_balance_record(*, account: Account, balance_before_nanos: int,
-                       now: datetime) -> LowBalanceEvent | None:
-    """Record a crossing below the auto-reload threshold, if this change made one. Call in
-    the transaction that lowered the locked account's balance, after applying it."""
-    threshold = account.auto_reload_threshold_nanos
-    if threshold is None or not (balance_before_nanos >= threshold > account.balance_nanos):
-        return None
-    return low_balance_event_open(account=account, threshold_nanos=threshold,
-                                  balance_before_nanos=balance_before_nanos, now=now)
-
-
-def low_balance_event_open(*, account: Account, threshold_nanos: int,
-                           balance_before_nanos: int, now: datetime) -> LowBalanceEvent:
-    """Write the crossing and, once its transaction commits, hand it to auto-reload. A
-    broker that cannot take the task does not fail the caller: the periodic sweep picks
-    up crossings nobody handled."""
-    event = LowBalanceEvent.objects.create(
-        account=account, threshold_nanos=threshold_nanos,
-        balance_before_nanos=balance_before_nanos, balance_after_nanos=account.balance_nanos,
-        created_at=now)
-    transaction.on_commit(partial(low_balance_event_dispatch, event_id=event.id), robust=True)
-    return event
-
-
-def low_balance_event_dispatch(*, event_id: int) -> None:
-    """Hand a committed crossing to auto-reload. A broker that cannot take the task does
-    not fail the caller: the periodic sweep picks up crossings nobody handled."""
-    from billing.tasks import auto_reload_for_crossing
-
-    try:
-        auto_reload_for_crossing.delay(event_id)
-    except Exception:
-        logger.exception("could not enqueue auto-reload for low-balance event %s", event_id)
 
 
 def credit_lots_expire(*, account: Account, now: datetime) -> int:
@@ -296,12 +258,6 @@ def credit_expiry_due_account_ids(*, now: datetime) -> list[UUID]:
 
 
 
-class InsufficientCredit(ApplicationError):
-    status = 402
-    code = "insufficient_credits"
-    message = "Insufficient credits. Please add credits to continue."
-
-
 @transaction.atomic
 def credit_debit(*, account_id: UUID, amount_nanos: int, reason: str,
                  now: datetime | None = None) -> int:
@@ -321,3 +277,16 @@ def credit_debit(*, account_id: UUID, amount_nanos: int, reason: str,
     account_balance_apply(account=account, balance_delta=-consumed.covered_nanos)
     low_balance_record(account=account, balance_before_nanos=balance_before, now=now)
     return consumed.covered_nanos
+
+
+def account_tier_refresh(*, account: Account, now: datetime) -> None:
+    """Recompute the locked account's tier (ratelimits/tiers.py) from its purchases in the
+    window, refunds deducted."""
+    purchases = Purchase.objects.filter(
+        account=account, purchased_at__gt=tier_window_start(now),
+        refunded_nanos__lt=F("amount_nanos"),
+    ).values_list("amount_nanos", "refunded_nanos", "purchased_at")
+    account_tier_apply(
+        account=account, now=now,
+        purchases=((amount - refunded, purchased_at)
+                   for amount, refunded, purchased_at in purchases))

@@ -1,4 +1,4 @@
-"""gunicorn in production: `gunicorn -c config/gunicorn.conf.py` (README: "Running in
+"""gunicorn in production: `gunicorn -c config/gunicorn_config.py` (README: "Running in
 production"). Every value can be overridden from the environment.
 
 Sized for the run path: gthread workers (one process per core, a few threads each: the
@@ -40,6 +40,8 @@ if _metrics_dir_owned:
 # Logs: the same JSON lines as the service's (config/logs.py), scrubbed the same way; the
 # access line carries the request id the service answered with.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prometheus_client import multiprocess  # noqa: E402 - after PROMETHEUS_MULTIPROC_DIR
+
 from config.logs import logging_config  # noqa: E402 - needs the path above
 
 logconfig_dict = logging_config(level=os.environ.get("LOG_LEVEL", "INFO"),
@@ -61,8 +63,6 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)
 
 
