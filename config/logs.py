@@ -207,7 +207,7 @@ def logging_config(*, level: str = "INFO", fmt: str = "json", file: str = "") ->
             "django": {"handlers": [], "level": level, "propagate": True},
             "django.server": {"handlers": [], "level": level, "propagate": True},
             "django.db.backends": {"level": "WARNING"},
-            # gunicorn's own loggers, when it runs the service (config/gunicorn_config.py).
+            # gunicorn's own loggers, when it runs the service (deploy/gunicorn.conf.py).
             "gunicorn.error": {"handlers": [], "level": level, "propagate": True},
             "gunicorn.access": {"handlers": [], "level": "INFO", "propagate": True},
         },

@@ -5,7 +5,7 @@ outcome of each call), the Stripe webhook view, and Celery's task signals. The r
 pays one histogram observe and one counter increment per call, no query.
 
 Under gunicorn every worker process keeps its own numbers: with PROMETHEUS_MULTIPROC_DIR
-set (config/gunicorn_config.py sets it), prometheus_client writes them to files there and
+set (deploy/gunicorn.conf.py sets it), prometheus_client writes them to files there and
 /metrics adds up all processes' files, so any worker answers for the whole server. Celery
 workers on the same host that share the directory are counted too."""
 

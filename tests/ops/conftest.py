@@ -1,6 +1,6 @@
 """Set-up for the operations tests: private PostgreSQL and Redis servers that a test may
 stop and start (never the machine's shared ones), and the service under gunicorn with its
-production configuration (config/gunicorn_config.py)."""
+production configuration (deploy/gunicorn.conf.py)."""
 
 import contextlib
 import glob
@@ -146,7 +146,7 @@ class Gunicorn:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(gunicorn), "-c", "config/gunicorn_config.py"], cwd=settings.BASE_DIR,
+                [str(gunicorn), "-c", "deploy/gunicorn.conf.py"], cwd=settings.BASE_DIR,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._up, timeout=60, message="gunicorn to answer")
 

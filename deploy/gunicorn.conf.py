@@ -1,10 +1,13 @@
-"""gunicorn in production: `gunicorn -c config/gunicorn_config.py` (README: "Running in
+"""gunicorn in production: `gunicorn -c deploy/gunicorn.conf.py` (README: "Running in
 production"). Every value can be overridden from the environment.
 
 Sized for the run path: gthread workers (one process per core, a few threads each: the
 gateway's calls spend most of their time waiting for PostgreSQL), short timeouts (a call
 is milliseconds; a worker stuck for 30 s is killed and replaced), keep-alive for the
-gateway's pooled connections, and one JSON line per request in the access log."""
+gateway's pooled connections, and one JSON line per request in the access log.
+
+It lives outside the Python packages: loading it sets PROMETHEUS_MULTIPROC_DIR, which
+only a gunicorn master should do."""
 
 import os
 import shutil
