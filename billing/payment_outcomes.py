@@ -35,6 +35,7 @@ from billing.locks import billing_profile_lock
 from billing.low_balance import auto_reload_pause_locked
 from billing.models import CreditLot, LowBalanceEvent, Payment, Purchase
 from billing.stripe_gateway import (
+    CURRENCY,
     CardDeclined,
     IntentState,
     StripeGatewayError,
@@ -83,6 +84,11 @@ def _verdict(payment: Payment, intent: IntentState | None,
     if declined is not None:
         return _Verdict(Status.FAILED, declined.code, declined.message)
     assert intent is not None
+    if intent.currency and intent.currency != CURRENCY:
+        # Credit is bought in US dollars only: an amount in another currency is never
+        # credited as if it were dollars, whatever the event says.
+        return _Verdict(Status.FAILED, "currency_mismatch",
+                        f"The payment is in {intent.currency.upper()}, not USD.")
     off_session = payment.purpose in OFF_SESSION
     match intent.status:
         case "succeeded":

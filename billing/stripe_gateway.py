@@ -44,6 +44,10 @@ class StripeRequestFailed(StripeGatewayError):
     """Stripe refused the request (a bad id, a state that does not allow it)."""
 
 
+class StripeObjectMissing(StripeRequestFailed):
+    """Stripe does not know the object (404): asking again will not change that."""
+
+
 class CardDeclined(StripeGatewayError):
     """The card was declined or needs the customer to authenticate."""
 
@@ -313,6 +317,8 @@ class StripeGateway:
         except stripe.StripeError as exc:
             if exc.http_status is None or exc.http_status >= 500:
                 raise StripeUnavailable(str(exc)) from exc
+            if exc.http_status == 404:
+                raise StripeObjectMissing(exc.user_message or str(exc)) from exc
             raise StripeRequestFailed(exc.user_message or str(exc)) from exc
 
     # Customers and cards

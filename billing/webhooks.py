@@ -43,6 +43,7 @@ from billing.stripe_gateway import (
     IntentState,
     InvoiceState,
     SetupIntentState,
+    StripeObjectMissing,
     SubscriptionState,
     stripe_gateway,
 )
@@ -99,14 +100,25 @@ def stripe_event_receive(*, payload: bytes, signature: str,
 @dataclass(frozen=True, slots=True)
 class Handler:
     apply: Callable[[dict, Any, datetime, datetime], str]
-    prepare: Callable[[dict], Any] | None = None
+    prepare: Callable[[dict, datetime, datetime], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """Stripe no longer knows an object the event names: nothing can ever be done with
+    the event, so it is acknowledged (a 404 is permanent; redelivery changes nothing)."""
+
+    what: str
+
+    def outcome(self) -> str:
+        return f"ignored: Stripe does not know {self.what}"
 
 
 def _intent_apply(obj, prepared, event_at, now) -> str:
     return payment_intent_event_apply(intent=IntentState.parse(obj), now=now)
 
 
-def _setup_intent_prepare(obj):
+def _setup_intent_prepare(obj, event_at, now):
     setup = SetupIntentState.parse(obj)
     account_id = account_for_stripe_customer(setup.customer_id)
     if account_id is None or not setup.payment_method_id or setup.status != "succeeded":
@@ -131,7 +143,7 @@ def _setup_intent_apply(obj, prepared, event_at, now) -> str:
     return f"card {card.id} saved"
 
 
-def _invoice_prepare(obj) -> tuple[InvoiceState, str | None]:
+def _invoice_prepare(obj, event_at, now) -> tuple[InvoiceState, str | None]:
     invoice = InvoiceState.parse(obj)
     if not invoice.subscription_id or \
             account_for_stripe_customer(invoice.customer_id) is None:
@@ -169,26 +181,33 @@ class PurchaseNotRecordedYet(Exception):
 
 
 def _purchase_recorded_ensure(*, payment_intent_id: str | None, customer_id: str | None,
-                              charge_id: str) -> bool:
+                              charge_id: str, event_at: datetime, now: datetime) -> bool:
     """Before a refund or a lost dispute is applied, the purchase it takes back must be
-    recorded; the news may arrive before the success it reverses. True when it is."""
+    recorded; the news may arrive before the success it reverses. True when it is. A
+    customer's event waits for its purchase (Stripe delivers it again) at most
+    STRIPE_EVENT_PURCHASE_WAIT after it happened; then it is acknowledged as not ours."""
     if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
         return True
     if payment_intent_id:
-        payment_intent_sync(payment_intent_id=payment_intent_id)
+        try:
+            payment_intent_sync(payment_intent_id=payment_intent_id)
+        except StripeObjectMissing:
+            return False
         if refunds.purchase_for_payment_intent(payment_intent_id) is not None:
             return True
-    if account_for_stripe_customer(customer_id) is not None:
+    if account_for_stripe_customer(customer_id) is not None and \
+            now - event_at < settings.STRIPE_EVENT_PURCHASE_WAIT:
         # A customer of ours (say, a plan invoice whose invoice.paid is still on its
         # way): never drop the reversal of money that may yet be credited.
         raise PurchaseNotRecordedYet(f"no purchase recorded yet for charge {charge_id}")
     return False
 
 
-def _charge_refunded_prepare(obj):
+def _charge_refunded_prepare(obj, event_at, now):
     charge = ChargeState.parse(obj)
     if not _purchase_recorded_ensure(payment_intent_id=charge.payment_intent_id,
-                                     customer_id=charge.customer_id, charge_id=charge.id):
+                                     customer_id=charge.customer_id, charge_id=charge.id,
+                                     event_at=event_at, now=now):
         return charge, []
     listed = charge.refunds
     if listed is None:  # newer API versions leave the refunds out of the charge
@@ -201,29 +220,43 @@ def _charge_refunded_apply(obj, prepared, event_at, now) -> str:
     return refunds.charge_refunds_apply(charge=charge, refunds=listed, now=now)
 
 
-def _dispute_prepare(obj):
+def _dispute_prepare(obj, event_at, now):
+    """The charge behind a dispute, when the service needs it to know whose dispute it is:
+    a dispute of no purchase of ours (staff charging a saved card from Stripe's dashboard,
+    a manual invoice) still belongs to the charge's customer."""
     dispute = DisputeState.parse(obj)
     charge = None
-    if dispute.payment_intent_id is None and dispute.charge_id:
-        charge = stripe_gateway().charge_retrieve(dispute.charge_id)
+    if refunds.purchase_for_payment_intent(dispute.payment_intent_id) is None \
+            and dispute.charge_id:
+        try:
+            charge = stripe_gateway().charge_retrieve(dispute.charge_id)
+        except StripeObjectMissing:
+            return Missing(f"charge {dispute.charge_id}")
     if dispute.status == "lost":
         intent_id = dispute.payment_intent_id or (charge.payment_intent_id if charge else None)
         _purchase_recorded_ensure(payment_intent_id=intent_id,
                                   customer_id=charge.customer_id if charge else None,
-                                  charge_id=dispute.charge_id or "")
+                                  charge_id=dispute.charge_id or "", event_at=event_at,
+                                  now=now)
     return charge
 
 
 def _dispute_apply(obj, charge, event_at, now) -> str:
+    if isinstance(charge, Missing):
+        return charge.outcome()
     return refunds.dispute_apply(dispute=DisputeState.parse(obj), charge=charge,
                                  event_at=event_at, now=now)
 
 
-def _checkout_prepare(obj):
+def _checkout_prepare(obj, event_at, now):
     session = CheckoutSessionState.parse(obj)
-    if session.payment_status != "paid" or not session.payment_intent_id:
-        return None
-    return stripe_gateway().payment_intent_retrieve(session.payment_intent_id)
+    if session.payment_status != "paid" or not session.payment_intent_id or \
+            not Payment.objects.filter(stripe_checkout_session_id=session.id).exists():
+        return None  # nothing to read from Stripe: not paid, or not a checkout of ours
+    try:
+        return stripe_gateway().payment_intent_retrieve(session.payment_intent_id)
+    except StripeObjectMissing:
+        return Missing(f"PaymentIntent {session.payment_intent_id}")
 
 
 def _checkout_apply(obj, intent, event_at, now) -> str:
@@ -231,6 +264,8 @@ def _checkout_apply(obj, intent, event_at, now) -> str:
     payment = Payment.objects.filter(stripe_checkout_session_id=session.id).first()
     if payment is None:
         return "ignored: not a checkout of ours"
+    if isinstance(intent, Missing):
+        return intent.outcome()
     if intent is None:
         return "ignored: not paid yet"
     payment = payment_outcome_apply(payment_id=payment.id, intent=intent, now=now)
@@ -275,7 +310,8 @@ def stripe_event_process(*, stripe_id: str, now: datetime | None = None) -> str:
     handler = HANDLERS.get(event.type)
     obj = event.payload["data"]["object"]
     try:
-        prepared = handler.prepare(obj) if handler and handler.prepare else None
+        prepared = (handler.prepare(obj, event.created_at, now)
+                    if handler and handler.prepare else None)
         with transaction.atomic():
             locked = StripeEvent.objects.select_for_update().get(id=event.id)
             if locked.processed_at is not None:

@@ -5,6 +5,7 @@ Services raise ApplicationError subclasses; the exception handler renders them (
 DRF's own errors) as `{"status", "error", "code", "message", ...}`."""
 
 import hmac
+import sys
 import time
 from http import HTTPStatus
 
@@ -12,8 +13,10 @@ import django.db
 import pydantic
 import redis.exceptions
 from django.conf import settings
-from django.http import Http404, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpResponse, JsonResponse
 from django.utils.dateparse import parse_datetime
+from django.views import defaults as django_defaults
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
@@ -94,6 +97,12 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class PayloadTooLarge(ApplicationError):
+    status = 413
+    code = "payload_too_large"
+    message = "The body is larger than the service accepts."
+
+
 def as_application_error(exc: Exception) -> ApplicationError | None:
     """Every error a caller may see, as the one error type the renderer knows; None for a
     bug (the server's 500)."""
@@ -103,6 +112,9 @@ def as_application_error(exc: Exception) -> ApplicationError | None:
         return pydantic_error(exc)
     if isinstance(exc, DEPENDENCY_ERRORS):
         return ServiceUnavailable()
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge(
+            f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
     if isinstance(exc, exceptions.ValidationError):
         return ApplicationError("The request is invalid.",
                                 extra={"fields": _field_errors(exc.detail)})
@@ -134,6 +146,34 @@ def application_error_response(exc: ApplicationError) -> JsonResponse:
     for name, value in exc.headers.items():
         response[name] = value
     return response
+
+
+def _is_machine_path(path: str) -> bool:
+    return path.startswith(settings.MACHINE_ERROR_PATH_PREFIXES)
+
+
+class InternalError(ApplicationError):
+    status = 500
+    code = "internal_error"
+    message = "The service failed; the failure was logged."
+
+
+def handler400(request, exception=None):
+    """Django's bad-request page (a body over the size limit, say): JSON for machines."""
+    if not _is_machine_path(request.path):
+        return django_defaults.bad_request(request, exception)
+    error = as_application_error(exception) if exception is not None else None
+    return application_error_response(error or ApplicationError())
+
+
+def handler500(request):
+    """Django's server-error page: for machine callers the contract's JSON, and a 503
+    they may retry when a dependency was down, never HTML."""
+    if not _is_machine_path(request.path):
+        return django_defaults.server_error(request)
+    exc = sys.exc_info()[1]
+    return application_error_response(
+        ServiceUnavailable() if isinstance(exc, DEPENDENCY_ERRORS) else InternalError())
 
 
 def exception_handler(exc, context):
@@ -333,6 +373,9 @@ class LeanInternalApi(InternalApi):
         try:
             service_token_ensure(request)
             method = request.method.lower()
+            if method == "options":
+                return HttpResponse(status=204, headers={"Allow": ", ".join(
+                    name.upper() for name in self.http_method_names if hasattr(self, name))})
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
                 raise MethodNotAllowedError(f'Method "{request.method}" not allowed.')

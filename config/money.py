@@ -15,9 +15,15 @@ NANOS_PER_USD = 10**9
 NANOS_PER_CENT = 10**7
 MAX_AMOUNT_NANOS = 10**6 * NANOS_PER_USD  # $1,000,000: far beyond any single movement
 
-# ASCII digits only: \d would also match Arabic-Indic or fullwidth digits, which
-# int() reads, so "\u0661\u0660" would be $10.
-_DECIMAL_RE = re.compile(r"^(-)?([0-9]+)(?:\.([0-9]+))?$")
+# The one pattern of a money string, everywhere (the contract writes it as
+# ^\d+(\.\d{1,9})?$): digits, then at most 9 decimals; no sign, no surrounding space, no
+# exponent. ASCII digits only: Python's \d would also match Arabic-Indic or fullwidth
+# digits, which int() reads, so "\u0661\u0660" would be $10.
+MONEY_PATTERN = r"^\d+(\.\d{1,9})?$"
+_MONEY_RE = re.compile(r"([0-9]+)(?:\.([0-9]{1,9}))?")
+# Far more digits than any amount the service takes (whose own maximum says so), and few
+# enough that a hostile string is refused before any arithmetic on it.
+MONEY_MAX_CHARACTERS = 40
 
 
 class MoneyFormatError(ValueError):
@@ -25,16 +31,17 @@ class MoneyFormatError(ValueError):
 
 
 def usd_to_nanos(text: str) -> int:
-    """Parse an exact decimal string ("10", "5.00", "0.000072") into nano-dollars."""
-    match = _DECIMAL_RE.match(text.strip()) if isinstance(text, str) else None
-    if match is None:
+    """Parse an exact decimal string ("10", "5.00", "0.000072") into nano-dollars: the one
+    parser of every money field."""
+    if not isinstance(text, str) or len(text) > MONEY_MAX_CHARACTERS:
         raise MoneyFormatError('Must be a decimal string in US dollars, e.g. "10.00".')
-    sign, whole, frac = match.groups()
-    frac = frac or ""
-    if len(frac) > 9:
-        raise MoneyFormatError("At most 9 decimal places.")
-    nanos = int(whole) * NANOS_PER_USD + int(frac.ljust(9, "0") or "0")
-    return -nanos if sign else nanos
+    match = _MONEY_RE.fullmatch(text)
+    if match is None:
+        if re.fullmatch(r"[0-9]+\.[0-9]{10,}", text):
+            raise MoneyFormatError("At most 9 decimal places.")
+        raise MoneyFormatError('Must be a decimal string in US dollars, e.g. "10.00".')
+    whole, frac = match.groups()
+    return int(whole) * NANOS_PER_USD + int((frac or "").ljust(9, "0"))
 
 
 def nanos_to_usd(nanos: int) -> str:
@@ -63,14 +70,12 @@ def cents_to_nanos(cents: int) -> int:
     return cents * NANOS_PER_CENT
 
 
-@extend_schema_field({"type": "string", "pattern": r"^\d+(\.\d{1,9})?$",
-                      "example": "10.00"})
+@extend_schema_field({"type": "string", "pattern": MONEY_PATTERN, "example": "10.00"})
 class MoneyField(serializers.Field):
     """A decimal-string USD amount, exact to 9 places, parsed to integer nanos."""
 
     default_error_messages = {
         "invalid": 'Must be a decimal string in US dollars, e.g. "10.00".',
-        "negative": "Must not be negative.",
         "not_positive": "Must be greater than zero.",
         "too_large": "Must be at most {max_usd}.",
     }
@@ -87,8 +92,6 @@ class MoneyField(serializers.Field):
             nanos = usd_to_nanos(data)
         except MoneyFormatError as exc:
             raise serializers.ValidationError(str(exc)) from exc
-        if nanos < 0:
-            self.fail("negative")
         if self.positive and nanos == 0:
             self.fail("not_positive")
         if nanos > self.max_nanos:
@@ -104,8 +107,6 @@ def _pydantic_usd_nanos(text: str) -> int:
         nanos = usd_to_nanos(text)
     except MoneyFormatError as exc:
         raise PydanticCustomError("money", str(exc)) from None
-    if nanos < 0:
-        raise PydanticCustomError("money", "Must not be negative.")
     if nanos > MAX_AMOUNT_NANOS:
         raise PydanticCustomError("money", "Must be at most {max_usd}.",
                                   {"max_usd": nanos_to_usd(MAX_AMOUNT_NANOS)})
@@ -114,5 +115,5 @@ def _pydantic_usd_nanos(text: str) -> int:
 
 # For pydantic models: a decimal-string USD amount (zero allowed), parsed to nanos.
 UsdNanos = Annotated[str, Strict(), AfterValidator(_pydantic_usd_nanos),
-                     Field(json_schema_extra={"pattern": r"^\d+(\.\d{1,9})?$",
+                     Field(json_schema_extra={"pattern": MONEY_PATTERN,
                                               "examples": ["10.00"]})]

@@ -1,4 +1,5 @@
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+import re
+
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.renderers import JSONRenderer
@@ -19,13 +20,72 @@ class InternalSchemaApi(SpectacularAPIView):
         return super().handle_exception(exc)
 
 
-class CustomerKeyScheme(OpenApiAuthenticationExtension):
-    """Documents the customer API key of /api/v1/ (registered on import; named by path,
-    as config sits below accounts)."""
+# --- What the schema says about errors -------------------------------------------------------
+# Every call can fail; a client (and a conformance checker) must see how. Each operation
+# documents the contract's error body for the statuses it can answer: those every call has,
+# those its path parameters and body add, and those the contract names for the call.
 
-    target_class = "accounts.authentication.CustomerKeyAuthentication"
-    name = "customerKey"
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["status", "error", "code", "message"],
+    "properties": {
+        "status": {"type": "integer", "description": "The HTTP status, again."},
+        "error": {"type": "string", "description": "The status's reason phrase."},
+        "code": {"type": "string", "description": "What went wrong, for programs."},
+        "message": {"type": "string", "description": "What went wrong, for people."},
+        "fields": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": "string"}},
+            "description": "On every 400: each field that is wrong, with why."},
+    },
+    "additionalProperties": True,
+}
 
-    def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer",
-                "description": "A customer API key (bk_...), as the dashboard shows it once."}
+ERROR_DESCRIPTIONS = {
+    400: "The request is invalid (`fields` says why); nothing was changed.",
+    401: "No valid credentials.",
+    402: "Not enough credit (or a key's spend limit): the body says how much.",
+    403: "Not allowed: the account is suspended, the tier does not unlock the model, or "
+         "the key may not do this.",
+    404: "No such object (or not this account's).",
+    405: "Method not allowed.",
+    409: "The hold is settled, released or expired.",
+    413: "The body is too large.",
+    415: "The body is not JSON.",
+    429: "Too many runs or requests: retry after Retry-After.",
+    503: "A dependency is unreachable: retry after Retry-After (retries are safe).",
+}
+
+# Statuses the contract names for particular calls, beyond what every call can answer.
+CALL_ERRORS = [
+    (re.compile(r"/internal/v1/authorize$"), {402, 403, 404, 429}),
+    (re.compile(r"/internal/v1/holds/\{[^}]+\}/(settle|release|heartbeat)$"), {409}),
+    (re.compile(r"/api/v1/(cards|purchases|auto-reload|auto-scale|subscription)"), {402, 403}),
+    (re.compile(r"/internal/v1/accounts/\{[^}]+\}/purchases$"), {403}),
+]
+
+
+def error_responses_hook(result, generator, request, public):
+    """drf-spectacular postprocessing: the error body, and which calls answer which."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            statuses = {401, 405, 503}
+            if operation.get("requestBody") or operation.get("parameters"):
+                statuses |= {400}
+            if operation.get("requestBody"):
+                statuses |= {413, 415}
+            if "{" in path:
+                statuses |= {404}
+            for pattern, extra in CALL_ERRORS:
+                if pattern.search(path):
+                    statuses |= extra
+            responses = operation.setdefault("responses", {})
+            for status in sorted(statuses):
+                responses.setdefault(str(status), {
+                    "description": ERROR_DESCRIPTIONS[status],
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Error"}}},
+                })
+    return result

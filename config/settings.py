@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE as CSP_NONCE
 from django.core.exceptions import ImproperlyConfigured
 
 from config.logs import logging_config
@@ -26,6 +27,11 @@ def env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
@@ -40,7 +46,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # the Django admin, on the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -54,6 +60,13 @@ INSTALLED_APPS = [
     "billing",
     "metering",
     "ratelimits",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "dashboard",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "console.apps.ConsoleConfig",
 ]
 
 MIDDLEWARE = [
@@ -65,11 +78,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # the console's second factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
 ]
 # Served by config.wsgi's machine handler: the internal API and the health check.
 MACHINE_PATH_PREFIXES = ("/internal/", "/healthz", "/readyz", "/metrics")
+# Callers that read JSON, never an HTML error page (config/api.py handler400/500).
+MACHINE_ERROR_PATH_PREFIXES = ("/internal/", "/api/", "/stripe/", "/healthz", "/readyz",
+                               "/metrics")
 # ...except the API's description, which staff signed in to the console read in a browser.
 BROWSER_PATH_PREFIXES = ("/internal/v1/schema", "/internal/v1/docs")
 MACHINE_MIDDLEWARE = [
@@ -110,6 +128,15 @@ if DATABASE_URL:
     _prepare_threshold = env_int("DATABASE_PREPARE_THRESHOLD", 5)
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
         _prepare_threshold or None)
+    # Every wait on PostgreSQL is bounded, well under the gateway's patience: a call that
+    # cannot connect, waits on a row lock held elsewhere, or runs away is refused (the
+    # contract's 503, safe to retry) instead of holding a server thread that every other
+    # account's calls queue behind. Long maintenance commands lift the statement limit.
+    DATABASES["default"]["OPTIONS"].update({
+        "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 3),
+        "options": (f"-c lock_timeout={env_int('DATABASE_LOCK_TIMEOUT_MS', 5_000)} "
+                    f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 15_000)}"),
+    })
 else:
     DATABASES = {
         "default": {
@@ -128,6 +155,12 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "billing"),
+            # Redis answers in well under a millisecond; one that does not answer in this
+            # long is down or frozen, and the call that needs it answers 503 at once.
+            "OPTIONS": {
+                "socket_connect_timeout": env_float("REDIS_CONNECT_TIMEOUT_SECONDS", 0.5),
+                "socket_timeout": env_float("REDIS_TIMEOUT_SECONDS", 0.5),
+            },
         }
     }
     CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
@@ -141,7 +174,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600,
+                                   "socket_connect_timeout": 1, "socket_timeout": 2}
+# A task enqueued after a commit (auto-reload for a crossing) must not hold the caller when
+# the broker is down: one quick try; the periodic sweeps pick up what was not enqueued.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0,
+                                    "interval_step": 0.2, "interval_max": 0.2}
 CELERY_BEAT_SCHEDULE = {
     "expire-due-credit-lots": {
         "task": "billing.tasks.credit_lots_expire_due",
@@ -169,7 +207,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+# The customer dashboard's front door (staff keep /admin/login/).
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -206,6 +246,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Bodies are documented as what they are, JSON (config.parsers.JsonBodyParser reads any).
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.error_responses_hook",
+    ],
 }
 
 # Service tokens for /internal/v1/ (comma-separated).
@@ -223,6 +267,10 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
 # Webhooks older than this (by their signed timestamp) are refused as replays.
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# How long a refund or dispute of one of our customers waits (answered 500, so Stripe
+# delivers it again) for the purchase it reverses before it is acknowledged as not ours.
+STRIPE_EVENT_PURCHASE_WAIT = timedelta(
+    hours=env_int("STRIPE_EVENT_PURCHASE_WAIT_HOURS", 24))
 # The one class that talks to Stripe (billing/stripe_gateway.py).
 BILLING_STRIPE_GATEWAY = os.environ.get("BILLING_STRIPE_GATEWAY",
                                         "billing.stripe_gateway.StripeGateway")
@@ -244,6 +292,12 @@ LOGGING = logging_config(level=os.environ.get("LOG_LEVEL", "INFO"),
                          fmt=os.environ.get("LOG_FORMAT", "json"),
                          file=os.environ.get("LOG_FILE", ""))
 
+# --- Staff console ------------------------------------------------------------------------
+# The most a member of the Support group may grant in one action (Finance: no limit).
+STAFF_SUPPORT_GRANT_LIMIT_USD = env_int("STAFF_SUPPORT_GRANT_LIMIT_USD", 50)
+# The issuer shown in staff members' authenticator apps.
+OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Billing console")
+
 # --- Run path -----------------------------------------------------------------------------
 HOLD_LEASE = timedelta(seconds=env_int("HOLD_LEASE_SECONDS", 120))
 LATE_SETTLE_WINDOW = timedelta(seconds=env_int("LATE_SETTLE_WINDOW_SECONDS", 24 * 3600))
@@ -251,6 +305,26 @@ CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
     "task": "metering.tasks.holds_expire_due",
     "schedule": timedelta(seconds=30),
 }
+
+# --- Customer dashboard: sign-up, log-in, email verification, password reset (allauth) ---
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_ADAPTER = "dashboard.adapters.CustomerAccountAdapter"
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+ACCOUNT_SESSION_REMEMBER = None
+# allauth's own limits (failed logins per address and per IP, sign-ups, resets) live in
+# the cache; its defaults are kept.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Inference platform")
 
 # --- Production: HTTPS, cookies, headers, static files (README: "Running in production") ---
 # DJANGO_PRODUCTION=1 turns these on; `manage.py check --deploy` is clean with it (and a
@@ -281,7 +355,9 @@ _csp_extra_script = [s for s in os.environ.get("CSP_EXTRA_SCRIPT_SRC", "").split
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
-        "script-src": ["'self'", *_csp_extra_script],
+        # A page's own inline script runs with the request's nonce:
+        # <script nonce="{{ request.csp_nonce }}">.
+        "script-src": ["'self'", CSP_NONCE, *_csp_extra_script],
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'", "data:"],
@@ -296,8 +372,9 @@ CONTENT_SECURITY_POLICY = {
 }
 # Static files from the app servers themselves (whitenoise): compressed, with hashed names
 # and far-future caching in production (run `manage.py collectstatic` at build time).
-# Elsewhere they are found where they lie, without a collectstatic step.
-WHITENOISE_USE_FINDERS = not PRODUCTION
+# Elsewhere they are found where they lie, without a collectstatic step (after a
+# collectstatic, WHITENOISE_USE_FINDERS=0 serves the compressed, long-cached copies).
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", not PRODUCTION)
 if PRODUCTION:
     STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

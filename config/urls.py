@@ -2,7 +2,6 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpResponse
 from django.urls import include, path, re_path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
@@ -10,6 +9,7 @@ from config.api import internal_not_found, json_not_found
 from config.metrics import webhook_observed
 from config.operations import metrics_view, readyz
 from config.schema import InternalSchemaApi
+from dashboard.views import front_door
 
 internal_v1 = [
     path("", include("accounts.urls")),
@@ -39,8 +39,10 @@ public_v1 = [
 ]
 
 urlpatterns = [
-    # The service's only pages are the staff console's.
-    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
+    # The customer's login (signed in: the overview); staff keep /admin/.
+    path("", front_door, name="home"),
+    path("account/", include("allauth.urls")),
+    path("dashboard/", include("dashboard.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
@@ -50,3 +52,6 @@ urlpatterns = [
     path("api/v1/", include(public_v1)),
     path("stripe/webhook", webhook_observed(stripe_webhook), name="stripe-webhook"),
 ]
+
+handler400 = "config.api.handler400"
+handler500 = "config.api.handler500"

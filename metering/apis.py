@@ -26,6 +26,17 @@ from metering.selectors import model_get, size_class_for
 from metering.settle import Settlement, Usage, hold_settle
 
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+/-]{0,199}$")
+# A model id is a path of segments (meta-llama/Llama-3-70b): none empty, "." or "..", which
+# a URL would collapse (the model could never be addressed again).
+MODEL_ID_BAD_SEGMENTS = {"", ".", ".."}
+
+
+def model_id_problem(model_id: str) -> str | None:
+    if not MODEL_ID_RE.fullmatch(model_id):
+        return "Letters, digits and . _ : @ + / -, at most 200 characters."
+    if MODEL_ID_BAD_SEGMENTS & set(model_id.split("/")):
+        return "No empty, \".\" or \"..\" segment between slashes."
+    return None
 MAX_PER_MTOK_NANOS = 10**5 * 10**9  # $100,000 per million tokens
 
 
@@ -70,9 +81,9 @@ class ModelDetailApi(InternalApi):
     @extend_schema(request=InputSerializer, responses={200: dict},
                    summary="Create or replace a model")
     def put(self, request, model_id):
-        if not MODEL_ID_RE.match(model_id):
-            raise serializers.ValidationError({"model_id": [
-                "Letters, digits and . _ : @ + / -, at most 200 characters."]})
+        problem = model_id_problem(model_id)
+        if problem:
+            raise serializers.ValidationError({"model_id": [problem]})
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -100,7 +111,10 @@ MAX_TOKENS = 10**9
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# Identifiers never contain NUL or other control characters (PostgreSQL refuses NUL in
+# text; the others are never meant).
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200,
+                                        pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 def as_decimal(seconds: float | None) -> Decimal | None:

@@ -61,3 +61,15 @@ def test_an_open_model_run_does_not_need_redis(api, redis_unreachable):
                         format="json")
 
     assert response.status_code == 200, response.json()
+
+
+@pytest.mark.parametrize("path", ["/stripe/webhook", "/api/v1/purchases",
+                                  "/internal/v1/authorize"])
+def test_a_body_over_the_size_limit_is_json_on_every_machine_path(client, settings, path):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+
+    response = client.post(path, "x" * 2_000, content_type="application/json",
+                           HTTP_AUTHORIZATION="Bearer not-checked-before-the-body")
+
+    assert response["Content-Type"].startswith("application/json"), response.content
+    assert response.json()["status"] == response.status_code

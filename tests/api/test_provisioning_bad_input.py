@@ -156,7 +156,10 @@ MODEL_PUT = [
     # Malformed model ids.
     *[(f"{BASE}/models/{model_id}", VALID_OPEN, 400, "invalid_request", ("model_id",))
       for model_id in ["-dash-first", "has%20space", "x" * 201, "caf%C3%A9", "semi;colon",
-                       "/slash-first", "quote%22d"]],
+                       "/slash-first", "quote%22d",
+                       # Dot and empty segments: stored, the model could never be
+                       # addressed again.
+                       "a/../../b", "a/./b", "a/..", "a/.", "a//b", "a/b/"]],
 ]
 
 IDS = [

@@ -97,6 +97,10 @@ AUTHORIZE_CASES = [
     ("request_id a number", {"request_id": 42}, "request_id"),
     ("request_id empty", {"request_id": ""}, "request_id"),
     ("request_id too long", {"request_id": "r" * 201}, "request_id"),
+    ("request_id with a NUL", {"request_id": "run\x00one"}, "request_id"),
+    ("request_id with a newline", {"request_id": "run\none"}, "request_id"),
+    ("request_id with DEL", {"request_id": "run\x7f"}, "request_id"),
+    ("model with a NUL", {"model": "test/open\x00-7b"}, "model"),
     ("byok a string", {"byok": "true"}, "byok"),
     ("byok a number", {"byok": 1}, "byok"),
     ("byok null", {"byok": None}, "byok"),
@@ -204,6 +208,18 @@ SETTLE_CASES = [
      "provider_cost_usd"),
     ("closed: cost exponent", "closed_hold", {"provider_cost_usd": "1e-3"},
      "provider_cost_usd"),
+    # The contract's pattern exactly: no surrounding space, no sign, not even on zero.
+    ("closed: cost with spaces", "closed_hold", {"provider_cost_usd": " 5"},
+     "provider_cost_usd"),
+    ("closed: cost with a newline", "closed_hold", {"provider_cost_usd": "5\n"},
+     "provider_cost_usd"),
+    ("closed: cost minus zero", "closed_hold", {"provider_cost_usd": "-0"},
+     "provider_cost_usd"),
+    ("closed: cost plus", "closed_hold", {"provider_cost_usd": "+5"}, "provider_cost_usd"),
+    ("closed: cost 5,000 digits", "closed_hold", {"provider_cost_usd": "9" * 5000},
+     "provider_cost_usd"),
+    ("closed: cost a nano over $1,000,000", "closed_hold",
+     {"provider_cost_usd": "1000000.000000001"}, "provider_cost_usd"),
     ("closed: tokens as strings", "closed_hold",
      {"input_tokens": "1200", "output_tokens": "350"}, "input_tokens"),
     ("closed: one token count", "closed_hold", {"input_tokens": 1200}, "output_tokens"),
@@ -343,4 +359,49 @@ def test_the_credits_read_does_not_take_writes(scene, anon_api):
                              HTTP_AUTHORIZATION=scene.customer.key)
 
     assert_contract_error(response, 405, "method_not_allowed")
+    assert everything(scene) == before
+
+
+# --- Edges that must hold exactly -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cost", "charged"), [
+    ("0", "0.000000000"),  # a free call is charged nothing, not refused
+    ("1000000", "1020000.000000000"),  # the largest provider cost taken, plus 2%
+])
+def test_provider_costs_at_the_edges_are_charged(scene, cost, charged):
+    from billing.credit import credit_grant
+
+    credit_grant(account_id=scene.customer.account_id, amount_nanos=2 * 10**15,
+                 reason="room for the largest run")
+    response = service_client().post(f"/internal/v1/holds/{scene.closed_hold}/settle",
+                                     {"provider_cost_usd": cost}, format="json")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["charged_usd"] == charged
+
+
+@pytest.mark.parametrize("action", ["authorize", "settle", "release", "heartbeat"])
+def test_options_names_the_methods_and_changes_nothing(scene, action):
+    before = everything(scene)
+    path = ("/internal/v1/authorize" if action == "authorize"
+            else f"/internal/v1/holds/{scene.open_hold}/{action}")
+
+    response = service_client().options(path)
+
+    assert response.status_code == 204
+    assert response["Allow"] == "POST, OPTIONS"
+    assert everything(scene) == before
+
+
+def test_a_body_over_the_size_limit_gets_the_contracts_json(scene, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+    before = everything(scene)
+
+    response = post_raw(service_client(), "/internal/v1/authorize",
+                        json.dumps({**VALID_AUTHORIZE, "api_key": scene.customer.key,
+                                    "padding": "x" * 2_000}))
+
+    assert_contract_error(response, 413, "payload_too_large")
+    assert "1000 bytes" in response.json()["message"]
     assert everything(scene) == before

@@ -24,7 +24,8 @@ REQUEST_FIELDS = {
     ("/internal/v1/accounts", "post"): {"email"},
     ("/internal/v1/accounts/{account_id}", "patch"): {"status", "reason"},
     ("/internal/v1/accounts/{account_id}/purchases", "post"): {"amount_usd", "reference"},
-    ("/internal/v1/accounts/{account_id}/api-keys", "post"): {"name", "expires_at"},
+    ("/internal/v1/accounts/{account_id}/api-keys", "post"): {"name", "expires_at",
+                                                              "kind"},
     ("/internal/v1/accounts/{account_id}/grants", "post"): {"amount_usd", "reason",
                                                              "expires_at"},
     ("/internal/v1/models/{model_id}", "put"): {"kind", "params_b", "provider",
@@ -111,3 +112,44 @@ def test_staff_signed_in_to_the_console_read_the_schema_and_its_page(client):
     schema = client.get("/internal/v1/schema?format=json")
     assert schema.status_code == 200
     assert set(PROVISIONING) <= set(schema.json()["paths"])
+
+
+def operations(schema):
+    for path, ops in schema["paths"].items():
+        for method, operation in ops.items():
+            if method != "parameters":
+                yield path, method, operation
+
+
+def test_every_call_documents_the_contracts_error_body(schema):
+    error = schema["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"status", "error", "code", "message"}
+    for path, method, operation in operations(schema):
+        responses = operation["responses"]
+        for status in ("401", "503"):
+            assert responses[status]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"}, (path, method, status)
+        if "{" in path:
+            assert "404" in responses, (path, method)
+        if operation.get("requestBody"):
+            assert "400" in responses, (path, method)
+
+
+def test_the_run_path_documents_its_refusals(schema):
+    authorize = schema["paths"]["/internal/v1/authorize"]["post"]["responses"]
+    assert {"200", "400", "401", "402", "403", "404", "429", "503"} <= set(authorize)
+    for action in ("settle", "release", "heartbeat"):
+        responses = schema["paths"][f"/internal/v1/holds/{{hold_id}}/{action}"]["post"][
+            "responses"]
+        assert {"200", "404", "409"} <= set(responses), action
+
+
+def test_the_customer_api_documents_its_key_and_what_it_answers(schema):
+    assert schema["components"]["securitySchemes"]["customerApiKey"]["scheme"] == "bearer"
+    customer_calls = [(path, method, operation) for path, method, operation
+                      in operations(schema) if path.startswith("/api/v1/")]
+    assert customer_calls
+    for path, method, operation in customer_calls:
+        assert operation["security"] == [{"customerApiKey": []}], (path, method)
+    cancel = schema["paths"]["/api/v1/subscription"]["delete"]["responses"]
+    assert "200" in cancel and "204" not in cancel  # it answers with the plan, not empty

@@ -17,7 +17,7 @@ from config.money import (
 
 @pytest.mark.parametrize(("text", "nanos"), [
     ("10", 10 * 10**9), ("5.00", 5 * 10**9), ("0.000072000", 72_000), ("0.000000001", 1),
-    ("25.5", 25_500_000_000), (" 7 ", 7 * 10**9), ("-1.25", -1_250_000_000), ("0", 0),
+    ("25.5", 25_500_000_000), ("0", 0),
     ("007.10", 7_100_000_000), ("999999999.999999999", 999_999_999_999_999_999),
 ])
 def test_decimal_strings_parse_exactly(text, nanos):
@@ -26,6 +26,10 @@ def test_decimal_strings_parse_exactly(text, nanos):
 
 @pytest.mark.parametrize("text", [
     "", "abc", "1e3", "1.", ".5", "1.2.3", "+1", "$1", "1,00", "0.0000000001", "1_000",
+    # The contract's pattern exactly: no sign (not even on zero), no surrounding space.
+    "-1.25", "-0", "-0.0", " 7 ", " 5", "5 ", "\t5", "5\n", "1E3", "0x10",
+    # A run of digits long enough to break int() is refused before any arithmetic.
+    "9" * 5000, "1." + "0" * 5000, "1" * 41,
     # Other scripts' digits, which int() would read: Arabic-Indic 10, fullwidth 25.
     "\u0661\u0660", "\uff12\uff15", "2\u2075",
 ])
@@ -42,11 +46,23 @@ def test_only_strings_are_money(value):
 
 @pytest.mark.parametrize(("nanos", "text"), [
     (0, "0.000000000"), (1, "0.000000001"), (72_000, "0.000072000"),
-    (25 * 10**9, "25.000000000"), (-1_250_000_000, "-1.250000000"),
+    (25 * 10**9, "25.000000000"),
 ])
 def test_nanos_render_with_nine_places_and_round_trip(nanos, text):
     assert nanos_to_usd(nanos) == text
     assert usd_to_nanos(text) == nanos
+
+
+def test_negative_amounts_render_but_never_parse():
+    # Staff see a clawback as a negative amount; nobody can send one.
+    assert nanos_to_usd(-1_250_000_000) == "-1.250000000"
+    with pytest.raises(MoneyFormatError):
+        usd_to_nanos("-1.250000000")
+
+
+def test_ten_decimal_places_say_why():
+    with pytest.raises(MoneyFormatError, match="At most 9 decimal places"):
+        usd_to_nanos("0.0000000001")
 
 
 def test_one_charge_rounds_once_half_up():
