@@ -23,7 +23,10 @@ PRODUCTION_ENV = {
 
 def _manage(*args: str, env: dict) -> subprocess.CompletedProcess:
     environment = {**os.environ, **env}
-    environment.pop("DJANGO_DEBUG", None)
+    # Not the production environment: the debugging switches of a test process (browser
+    # tests allow async-unsafe calls).
+    for name in ("DJANGO_DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE"):
+        environment.pop(name, None)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=django_settings.BASE_DIR,
                           env=environment, capture_output=True, text=True, timeout=300)
 
