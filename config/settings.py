@@ -73,7 +73,7 @@ MIDDLEWARE = [
     "config.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.static.StaticFilesMiddleware",  # whitenoise
-    "csp.middleware.CSPMiddleware",
+    "config.csp.ContentSecurityPolicyMiddleware",  # django-csp, plus Stripe.js
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -347,10 +347,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-# Content-Security-Policy (django-csp) on every page: the service's own scripts only.
-# Inline styles are allowed for the admin's and Redoc's; Redoc's search runs in a blob
-# worker. CSP_EXTRA_SCRIPT_SRC adds hosts (e.g. https://js.stripe.com) for pages that need
-# them.
+# Content-Security-Policy (django-csp) on every page: the service's own scripts and
+# Stripe.js (config/csp.py adds Stripe's origins). Inline styles are allowed for the
+# admin's and Redoc's; Redoc's search runs in a blob worker. CSP_EXTRA_SCRIPT_SRC adds
+# script hosts.
 _csp_extra_script = [s for s in os.environ.get("CSP_EXTRA_SCRIPT_SRC", "").split(",") if s]
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
