@@ -41,8 +41,10 @@ def free_grants_refresh_due() -> int:
 
 @shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
              retry_backoff_max=300, max_retries=10)
-def auto_reload_for_crossing(low_balance_event_id: int) -> None:
-    auto_reload.auto_reload_run(low_balance_event_id=low_balance_event_id)
+def auto_reload_for_crossing(low_balance_event_id: int) -> str:
+    # The outcome feeds the auto-reload metric (config/metrics.py, from the task's result).
+    payment = auto_reload.auto_reload_run(low_balance_event_id=low_balance_event_id)
+    return str(payment.status) if payment is not None else "skipped"
 
 
 @shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
