@@ -32,7 +32,8 @@ def shoot(page, name: str) -> None:
 
 
 def test_staff_sign_in_with_totp_grant_credit_with_a_reason_and_see_it_audited(
-        live_server, page):
+        live_server, page, screenshots):
+    # (`screenshots` empties var/screenshots/ once per session: before these are taken.)
     support = staff_user("support-browser@example.com", group="Support")
     device = support.totpdevice_set.get()
     customer = customer_create(purchased_usd=25)
