@@ -2,7 +2,8 @@
 signs in with password and authenticator code, finds an account, grants credit through
 the reason form (first with a mistake, shown next to the field), and finds the action in
 the audit log. Screenshots of each page at phone and desktop widths go to
-var/screenshots/console/."""
+var/screenshots/console/. The browser is pytest-playwright's, as for every browser test
+(tests/browser/conftest.py): one Playwright for the session."""
 
 import os
 from pathlib import Path
@@ -15,33 +16,11 @@ from console.models import StaffAction
 from tests.console.support import staff_user
 from tests.runpath import customer_create
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "console"
 WIDTHS = {"phone": (375, 812), "desktop": (1280, 900)}
-# The session's Playwright runs an event loop in the test thread from its first use on
-# (possibly before this test's database set-up): the ORM work beside it is synchronous.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
-
-
-@pytest.fixture
-def page(monkeypatch, playwright):
-    """A Chromium page for this test alone, on the session's Playwright (pytest-playwright's
-    `playwright` fixture, which the dashboard's browser tests use too: a second Playwright
-    in the same thread would find the first one's event loop running)."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
-    # The test's own ORM calls beside Playwright's loop are still synchronous ones.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--no-first-run", "--disable-sync"])
-    try:
-        yield browser.new_page(viewport={"width": 1280, "height": 900})
-    finally:
-        browser.close()
 
 
 def shoot(page, name: str) -> None:
@@ -53,7 +32,8 @@ def shoot(page, name: str) -> None:
 
 
 def test_staff_sign_in_with_totp_grant_credit_with_a_reason_and_see_it_audited(
-        live_server, page):
+        live_server, page, screenshots):
+    # (`screenshots` empties var/screenshots/ once per session: before these are taken.)
     support = staff_user("support-browser@example.com", group="Support")
     device = support.totpdevice_set.get()
     customer = customer_create(purchased_usd=25)
