@@ -1,12 +1,18 @@
 """Customer API keys on /api/v1/: `Authorization: <key>` or `Authorization: Bearer <key>`."""
 
+import redis
+from django.conf import settings
 from django.utils import timezone
+from django_ratelimit.core import get_usage
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import ApiKey
 from accounts.services import InvalidApiKey, api_key_hash, api_key_touch
+from config.api import RateLimitedError
+
+KEY_GUESSES_GROUP = "customer-key-guesses"
 
 
 def presented_api_key(request) -> str:
@@ -22,16 +28,34 @@ class CustomerKeyAuthentication(BaseAuthentication):
         key = presented_api_key(request)
         if not key:
             raise exceptions.NotAuthenticated()
+        key_guesses_count(request, increment=False)
         now = timezone.now()
         api_key = (ApiKey.objects.select_related("account__user")
                    .filter(ApiKey.usable_at(now), key_hash=api_key_hash(key)).first())
         if api_key is None:
+            key_guesses_count(request, increment=True)
             raise InvalidApiKey()
         api_key_touch(api_key_id=api_key.id, now=now)
         return api_key.account.user, api_key
 
     def authenticate_header(self, request):
         return "Bearer"
+
+
+def key_guesses_count(request, *, increment: bool) -> None:
+    """Invalid keys presented from one client address, counted per minute in the shared
+    cache: past the limit every key from that address is refused (429) until the minute
+    ends, so a correct guess cannot be told from a wrong one. Keys are random 256-bit
+    secrets, so this is a second line: with the cache down it lets calls through rather
+    than take the customer API down with it."""
+    try:
+        usage = get_usage(request, group=KEY_GUESSES_GROUP, key="ip", increment=increment,
+                          rate=f"{settings.CUSTOMER_KEY_GUESSES_PER_MINUTE}/m")
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        return
+    if usage is not None and usage["should_limit"]:
+        raise RateLimitedError("Too many invalid API keys from this address; retry later.",
+                               headers={"Retry-After": str(max(1, usage["time_left"]))})
 
 
 class CustomerKeyScheme(OpenApiAuthenticationExtension):

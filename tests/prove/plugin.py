@@ -21,46 +21,46 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.prove)
 
 
-def _part(item) -> Part | None:
-    marker = item.get_closest_marker("figure")
-    if marker is None:
-        return None
-    part = getattr(item, "_figure_part", None)
-    if part is None:
-        number = marker.args[0]
-        assert number in TITLES, number
-        tried = marker.kwargs.get("tried") or item.name
-        part = Part(figure=number, test=item.nodeid, tried=tried,
-                    counts=marker.kwargs.get("counts", ""))
-        item._figure_part = part
-        _run.parts.append(part)
-    return part
+def _parts(item) -> list[Part]:
+    """The parts a test shows (one per `figure` marker; a test may show several)."""
+    parts = getattr(item, "_figure_parts", None)
+    if parts is None:
+        parts = []
+        for marker in item.iter_markers("figure"):
+            number = marker.args[0]
+            assert number in TITLES, number
+            tried = marker.kwargs.get("tried") or item.name
+            if hasattr(item, "callspec"):
+                tried += f" [{item.callspec.id}]"
+            parts.append(Part(figure=number, test=item.nodeid, tried=tried,
+                              counts=marker.kwargs.get("counts", "")))
+        item._figure_parts = parts
+        _run.parts.extend(parts)
+    return parts
 
 
 @pytest.fixture
 def figure(request) -> Part:
     """The part of its figure this test shows; `figure.add(counts=..., measured=...)`."""
-    part = _part(request.node)
-    assert part is not None, "a test using `figure` needs @pytest.mark.figure(N, ...)"
-    return part
+    parts = _parts(request.node)
+    assert parts, "a test using `figure` needs @pytest.mark.figure(N, ...)"
+    return parts[0]
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    part = _part(item)
-    if part is None:
-        return
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        if report.skipped:
-            part.outcome = "NOT RUN"
-        elif report.passed:
-            part.outcome = "PENDING" if part.pending else "PASS"
-        else:
-            part.outcome = "FAIL"
-    elif report.when == "teardown" and report.failed:
-        part.outcome = "FAIL"  # e.g. ledger_check after the test
+    for part in _parts(item):
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            if report.skipped:
+                part.outcome = "NOT RUN"
+            elif report.passed:
+                part.outcome = "PENDING" if part.pending else "PASS"
+            else:
+                part.outcome = "FAIL"
+        elif report.when == "teardown" and report.failed:
+            part.outcome = "FAIL"  # e.g. ledger_check after the test
 
 
 def pytest_sessionfinish(session):
