@@ -42,6 +42,12 @@ class CustomerKeyAuthentication(BaseAuthentication):
         return "Bearer"
 
 
+def client_address(group, request) -> str:
+    # A WSGI server on a Unix socket (or a test client) may give no address: such callers
+    # are counted together rather than refused.
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
 def key_guesses_count(request, *, increment: bool) -> None:
     """Invalid keys presented from one client address, counted per minute in the shared
     cache: past the limit every key from that address is refused (429) until the minute
@@ -49,7 +55,8 @@ def key_guesses_count(request, *, increment: bool) -> None:
     secrets, so this is a second line: with the cache down it lets calls through rather
     than take the customer API down with it."""
     try:
-        usage = get_usage(request, group=KEY_GUESSES_GROUP, key="ip", increment=increment,
+        usage = get_usage(request, group=KEY_GUESSES_GROUP, key=client_address,
+                          increment=increment,
                           rate=f"{settings.CUSTOMER_KEY_GUESSES_PER_MINUTE}/m")
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         return

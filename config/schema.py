@@ -48,10 +48,13 @@ ERROR_DESCRIPTIONS = {
          "the key may not do this.",
     404: "No such object (or not this account's).",
     405: "Method not allowed.",
-    409: "The hold is settled, released or expired.",
+    409: "Conflict: the hold is settled, released or expired; an Idempotency-Key was used "
+         "for another purchase (or its purchase is still being made); the account already "
+         "has a live subscription.",
     413: "The body is too large.",
     415: "The body is not JSON.",
     429: "Too many runs or requests: retry after Retry-After.",
+    502: "The payment provider refused or failed the call (`payment_provider_error`).",
     503: "A dependency is unreachable: retry after Retry-After (retries are safe).",
 }
 
@@ -61,6 +64,10 @@ CALL_ERRORS = [
     (re.compile(r"/internal/v1/holds/\{[^}]+\}/(settle|release|heartbeat)$"), {409}),
     (re.compile(r"/api/v1/(cards|purchases|auto-reload|auto-scale|subscription)"), {402, 403}),
     (re.compile(r"/api/v1/"), {429}),  # too many invalid keys from one address
+    # Calls that reach Stripe: its refusals and failures.
+    (re.compile(r"/api/v1/(cards|purchases|subscription)"), {502}),
+    (re.compile(r"/api/v1/purchases$"), {409}),  # Idempotency-Key reused or in flight
+    (re.compile(r"/api/v1/subscription$"), {404, 409}),  # none live; already subscribed
     (re.compile(r"/internal/v1/accounts/\{[^}]+\}/purchases$"), {403}),
 ]
 

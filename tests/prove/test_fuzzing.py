@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -49,7 +50,9 @@ def load_schema(customer):
                                 {**body, "api_key": customer.key,
                                  "model": MODEL_CLOSED_CHEAP}])
 
-    return schema
+    # localstripe has no Checkout Sessions (README, "Stripe in the tests"): there the call
+    # can only answer 502; tests/billing covers it with the session creation replaced.
+    return schema.exclude(method="POST", path="/api/v1/purchases/checkout")
 
 
 def credentials(case, customer) -> dict:
@@ -69,36 +72,45 @@ def test_every_operation_answers_within_its_schema(figure):
     calls, statuses, failures = Counter(), Counter(), {}
 
     for operation in operations:
-        label = f"{operation.method.upper()} {operation.path}"
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES_PER_OPERATION, **FUZZ_SETTINGS)
-        def fuzz(case, label=label):
+        def fuzz(case):
+            label = f"{case.method.upper()} {case.path}"
             response = case.call(headers=credentials(case, customer))
             calls[label] += 1
             statuses[response.status_code] += 1
             try:
                 case.validate_response(response, checks=CHECKS)
-            except Exception as exc:  # a failed check: kept, reported all together
+            except (Exception, BaseExceptionGroup) as exc:  # a failed check: kept, reported
                 failures.setdefault(f"{label} -> {response.status_code}",
                                     f"{type(exc).__name__}: {str(exc)[:400]}")
 
         fuzz()
 
     figure.add(counts=f"{len(operations)} operations, {sum(calls.values())} calls; answers "
-                      f"{dict(sorted(statuses.items()))}; {len(failures)} failed checks")
+                      f"{dict(sorted(statuses.items()))}; {len(failures)} failed checks "
+                      "(POST /api/v1/purchases/checkout left out: localstripe has no Checkout)")
     assert failures == {}, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
 
 
 @pytest.mark.slow
 @pytest.mark.figure(10, tried="schemathesis stateful: sequences following the schema's links "
-                    "(authorize -> settle/release/heartbeat, account -> read/keys/grants)")
+                    "from authorize to settle, release and heartbeat of its hold")
 def test_linked_sequences_answer_within_the_schema(figure):
     customer = customer_create(purchased_usd=100)
     schema = load_schema(customer)
-    steps, statuses, failures = Counter(), Counter(), {}
+    steps, statuses, failures, scenarios = Counter(), Counter(), {}, Counter()
 
-    class Machine(schema.as_state_machine()):
+    # The run path: sequences start at authorize and follow its hold (schemathesis starts
+    # elsewhere when it can, since the key and model in an authorize come from nowhere in
+    # the schema). Account calls are fuzzed one by one in the test above.
+    linked = schema.include(path_regex=r"^/internal/v1/(authorize|holds/)")
+
+    class Machine(linked.as_state_machine()):
+        def setup(self):
+            scenarios["started"] += 1
+
         def get_call_kwargs(self, case):
             return {"headers": credentials(case, customer)}
 
@@ -108,16 +120,28 @@ def test_linked_sequences_answer_within_the_schema(figure):
             statuses[response.status_code] += 1
             try:
                 case.validate_response(response, checks=CHECKS)
-            except Exception as exc:  # a failed check: kept, reported all together
+            except (Exception, BaseExceptionGroup) as exc:  # a failed check: kept, reported
                 failures.setdefault(f"{label} -> {response.status_code}",
                                     f"{type(exc).__name__}: {str(exc)[:400]}")
 
     from schemathesis.generation.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(Machine, settings=settings(
-        max_examples=STATEFUL_EXAMPLES, stateful_step_count=8, **FUZZ_SETTINGS))
+    # Sequences depend on what the service answered before (the links' bundles), which
+    # Hypothesis cannot always replay: generate only, no shrinking (failures are kept
+    # above), and a run Hypothesis calls flaky is started again, as schemathesis's own
+    # runner does.
+    restarts = 0
+    while scenarios["started"] < STATEFUL_EXAMPLES:
+        try:
+            run_state_machine_as_test(Machine, settings=settings(
+                max_examples=STATEFUL_EXAMPLES - scenarios["started"], stateful_step_count=8,
+                phases=[Phase.generate], **{**FUZZ_SETTINGS, "derandomize": False}))
+        except Flaky:
+            restarts += 1
+            assert restarts <= 20, "the state machine keeps failing to replay"
     settled = steps["POST /internal/v1/holds/{hold_id}/settle"]
-    figure.add(counts=f"{STATEFUL_EXAMPLES} sequences, {sum(steps.values())} calls, "
+    figure.add(counts=f"{scenarios['started']} sequences ({restarts} restarts), "
+                      f"{sum(steps.values())} calls, "
                       f"{settled} settles reached by link; answers "
                       f"{dict(sorted(statuses.items()))}; {len(failures)} failed checks")
     assert failures == {}, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
