@@ -104,6 +104,10 @@ REVENUE_BOOKS = (Book.OPEN_REVENUE, Book.PROVIDER_PASSTHROUGH, Book.PLATFORM_FEE
 REACHED: Counter = Counter()
 
 
+class ProcessDied(Exception):
+    """Stands for a SIGKILL between a call's last statement and its commit."""
+
+
 def half_up(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
 
@@ -487,6 +491,32 @@ class RunPathMachine(RuleBasedStateMachine):
         assert outcome.lease_expires_at == self.now + LEASE
         hold.lease_expires_at = self.now + LEASE
 
+    @rule(hold_id=holds, call=st.sampled_from(["settle", "release", "heartbeat", "authorize"]),
+          seconds=st.integers(0, 600))
+    def crash_before_commit(self, hold_id, call, seconds):
+        """The process dies after a call's statements ran but before its commit: nothing the
+        call did survives (the invariants then find every book as the model left it)."""
+        hold = self.all_holds[hold_id]
+        account = self.accounts[hold.account]
+        if call == "settle":
+            usage = (Usage(inference_seconds=Decimal(seconds)) if hold.model in OPEN_MODELS
+                     else Usage(provider_cost_nanos=seconds * 1000))
+            work = lambda: hold_settle(hold_id=hold_id, usage=usage, now=self.now)  # noqa: E731
+        elif call == "release":
+            work = lambda: hold_release(hold_id=hold_id, now=self.now)  # noqa: E731
+        elif call == "heartbeat":
+            work = lambda: hold_heartbeat(hold_id=hold_id, now=self.now)  # noqa: E731
+        else:
+            work = lambda: hold_authorize(  # noqa: E731
+                api_key=account.key, model_id=MODEL_7B, request_id=f"crash-{uuid.uuid4()}",
+                estimate_seconds=seconds, now=self.now)
+        try:
+            with transaction.atomic():
+                self.refusal(work)
+                raise ProcessDied
+        except ProcessDied:
+            REACHED[f"crash before commit: {call}"] += 1
+
     # --- after every step -------------------------------------------------------------------
 
     @invariant()
@@ -587,9 +617,10 @@ STEPS = 60
 
 
 @pytest.mark.figure(9, tried="seeded, replayable state machine over grants, purchases, "
-                    "authorize, settle, release, heartbeat, sweeps, expiry, suspension and "
-                    "clock moves on two accounts; after every step money in == money out + "
-                    "balances, books == the reference model, ledger_check clean")
+                    "authorize, settle, release, heartbeat, sweeps, expiry, suspension, "
+                    "clock moves and crashes before commit on two accounts; after every "
+                    "step money in == money out + balances, books == the reference model, "
+                    "ledger_check clean")
 def test_the_run_path_never_creates_or_loses_money(settings_override, figure):
     project_modules_imported()
     with connection.cursor() as cursor:
@@ -605,7 +636,8 @@ def test_the_run_path_never_creates_or_loses_money(settings_override, figure):
     figure.add(counts=f"{EXAMPLES} seeds x up to {STEPS} steps: "
                       f"{REACHED['steps checked']} steps checked, "
                       f"{REACHED['authorize admitted']} admitted, "
-                      f"{REACHED['settle paid'] + REACHED['settle above the credit']} settled")
+                      f"{REACHED['settle paid'] + REACHED['settle above the credit']} settled, "
+                      f"{sum(n for k, n in REACHED.items() if k.startswith('crash'))} crashes")
     # Floors that held on every seed tried: the branches that vary more from
     # seed to seed (slots full, suspension, charges above the credit, late settles of a
     # hold still open) have their own deterministic tests (test_hold_leases.py).

@@ -186,6 +186,10 @@ def test_key_guessing_is_rate_limited_per_address(settings, figure):
     elsewhere = APIClient(REMOTE_ADDR="198.51.100.9").get(
         "/api/v1/credits", HTTP_AUTHORIZATION=f"Bearer {customer.key}")
     assert elsewhere.status_code == 200
+    # A caller with no address (a Unix socket) is counted, never a server error.
+    nowhere = APIClient(REMOTE_ADDR="").get("/api/v1/credits",
+                                            HTTP_AUTHORIZATION="Bearer bk_guess_nowhere")
+    assert nowhere.status_code == 401
     cache.clear()
     figure.add(counts="25 invalid keys from one address: 20 answered 401, then 429 "
                       "(Retry-After), the valid key too; another address unaffected. Login: "
