@@ -22,7 +22,7 @@ class UserAdmin(BaseUserAdmin):
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
-    fields = ["name", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    fields = ["name", "kind", "prefix", "created_at", "last_used_at", "expires_at", "revoked_at"]
     readonly_fields = fields
     extra = 0
     can_delete = False

@@ -3,7 +3,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from accounts.models import Account
+from accounts.models import Account, ApiKey
 from accounts.selectors import account_summary
 from accounts.serializers import AccountOutputSerializer
 from accounts.services import account_get, account_status_set, api_key_create, api_key_revoke
@@ -61,6 +61,10 @@ class ApiKeyCreateApi(InternalApi):
     class InputSerializer(serializers.Serializer):
         name = JsonStringField(max_length=100)
         expires_at = AwareDateTimeField(required=False, allow_null=True, default=None)
+        kind = serializers.ChoiceField(choices=ApiKey.Kind.choices, required=False,
+                                       default=ApiKey.Kind.INFERENCE,
+                                       help_text="inference: runs models; management: the "
+                                                 "customer API's money calls.")
 
         def validate_expires_at(self, value):
             if value is not None and value <= timezone.now():
@@ -73,6 +77,7 @@ class ApiKeyCreateApi(InternalApi):
         prefix = serializers.CharField()
         key = serializers.CharField(help_text="The full secret, shown only in this response.")
         expires_at = serializers.DateTimeField(allow_null=True)
+        kind = serializers.CharField()
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer},
                    summary="Create an API key (the secret is shown once)")
@@ -82,7 +87,7 @@ class ApiKeyCreateApi(InternalApi):
         data.is_valid(raise_exception=True)
         api_key, secret = api_key_create(account_id=account.id, **data.validated_data)
         body = {"id": str(api_key.id), "name": api_key.name, "prefix": api_key.prefix,
-                "key": secret, "expires_at": api_key.expires_at}
+                "key": secret, "expires_at": api_key.expires_at, "kind": api_key.kind}
         return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
 
 

@@ -10,9 +10,16 @@ from rest_framework.authentication import BaseAuthentication
 
 from accounts.models import ApiKey
 from accounts.services import InvalidApiKey, api_key_hash, api_key_touch
-from config.api import RateLimitedError
+from config.api import ApplicationError, RateLimitedError
 
 KEY_GUESSES_GROUP = "customer-key-guesses"
+
+
+class InsufficientScope(ApplicationError):
+    status = 403
+    code = "insufficient_scope"
+    message = ("This call needs a management key. An inference key runs models and reads "
+               "the credit; it never spends money or changes money settings.")
 
 
 def presented_api_key(request) -> str:

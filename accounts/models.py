@@ -134,9 +134,18 @@ class ApiKey(models.Model):
     shown once, at creation. The key carries 256 bits of entropy, so a fast hash is
     enough, and a lookup by hash reveals nothing about the secret through timing."""
 
+    class Kind(models.TextChoices):
+        # Runs models (authorize) and reads the credit; never spends money.
+        INFERENCE = "inference"
+        # Works the customer API's money calls; never accepted by authorize.
+        MANAGEMENT = "management"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="api_keys")
     name = models.CharField(max_length=100)
+    # Fixed at creation (the run path's key cache relies on it never changing).
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.INFERENCE,
+                            editable=False)
     prefix = models.CharField(max_length=16, help_text="Shown to identify the key.")
     key_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)

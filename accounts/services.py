@@ -79,13 +79,18 @@ def api_key_touch(*, api_key_id: UUID, now: datetime) -> None:
 
 
 def api_key_create(*, account_id: UUID, name: str, expires_at: datetime | None = None,
+                   kind: str = ApiKey.Kind.INFERENCE,
                    now: datetime | None = None) -> tuple[ApiKey, str]:
-    """Create a key; the full secret is returned here only and stored only as a hash."""
+    """Create a key; the full secret is returned here only and stored only as a hash.
+    `kind`: an inference key runs models, a management key makes the money calls."""
+    if kind not in ApiKey.Kind.values:
+        raise ApplicationError(extra={"fields": {"kind": [
+            f"One of: {', '.join(ApiKey.Kind.values)}."]}})
     now = now or timezone.now()
     key, prefix = api_key_generate()
     api_key = ApiKey.objects.create(account_id=account_id, name=name, prefix=prefix,
                                     key_hash=api_key_hash(key), created_at=now,
-                                    expires_at=expires_at)
+                                    expires_at=expires_at, kind=kind)
     return api_key, key
 
 

@@ -3,6 +3,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from accounts.models import ApiKey
 from accounts.selectors import account_summary
 from accounts.serializers import ConcurrencyOutputSerializer, TierOutputSerializer
 from accounts.services import account_get
@@ -78,6 +79,8 @@ class GrantCreateApi(InternalApi):
 
 class CreditsApi(CustomerApi):
     """The customer's own credit, read with the customer's API key."""
+
+    key_kinds = (ApiKey.Kind.INFERENCE, ApiKey.Kind.MANAGEMENT)
 
     class OutputSerializer(serializers.Serializer):
         class AutoReloadSerializer(serializers.Serializer):

@@ -11,8 +11,8 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import CustomerKeyAuthentication
-from accounts.models import Account
+from accounts.authentication import CustomerKeyAuthentication, InsufficientScope
+from accounts.models import Account, ApiKey
 from billing import selectors, subscriptions
 from billing.auto_reload import AutoReloadSettings, auto_reload_settings_set
 from billing.cards import card_default_set, card_remove, card_save, card_setup_start
@@ -38,6 +38,14 @@ class CustomerApi(APIView):
 
     authentication_classes = [CustomerKeyAuthentication]
     permission_classes = [IsAuthenticated]
+    # The kinds of key a call takes. By default only a management key: the calls here
+    # spend money or change money settings, which a key an app embeds must never do.
+    key_kinds: tuple[str, ...] = (ApiKey.Kind.MANAGEMENT,)
+
+    def check_permissions(self, request):
+        super().check_permissions(request)
+        if request.auth.kind not in self.key_kinds:
+            raise InsufficientScope()
 
     def handle_exception(self, exc):
         if isinstance(exc, exceptions.NotAuthenticated):

@@ -43,7 +43,7 @@ CSRF_TRUSTED_ORIGINS = [
 ]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # the Django admin, on the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -55,16 +55,26 @@ INSTALLED_APPS = [
     "billing",
     "metering",
     "ratelimits",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "dashboard",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "console.apps.ConsoleConfig",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # the console's second factor
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
 ]
 # Served by config.wsgi's machine handler: the internal API and the health check.
 MACHINE_PATH_PREFIXES = ("/internal/", "/healthz")
@@ -192,7 +202,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+# The customer dashboard's front door (staff keep /admin/login/).
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -201,6 +213,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Static files are served from the apps unless collected (`manage.py collectstatic`,
+# then WHITENOISE_USE_FINDERS=0 for compressed, long-cached copies).
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
 
 EMAIL_BACKEND = os.environ.get(
     "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
@@ -277,6 +292,12 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
+# --- Staff console ------------------------------------------------------------------------
+# The most a member of the Support group may grant in one action (Finance: no limit).
+STAFF_SUPPORT_GRANT_LIMIT_USD = env_int("STAFF_SUPPORT_GRANT_LIMIT_USD", 50)
+# The issuer shown in staff members' authenticator apps.
+OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Billing console")
+
 # --- Run path -----------------------------------------------------------------------------
 HOLD_LEASE = timedelta(seconds=env_int("HOLD_LEASE_SECONDS", 120))
 LATE_SETTLE_WINDOW = timedelta(seconds=env_int("LATE_SETTLE_WINDOW_SECONDS", 24 * 3600))
@@ -284,3 +305,23 @@ CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
     "task": "metering.tasks.holds_expire_due",
     "schedule": timedelta(seconds=30),
 }
+
+# --- Customer dashboard: sign-up, log-in, email verification, password reset (allauth) ---
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_ADAPTER = "dashboard.adapters.CustomerAccountAdapter"
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = ""
+ACCOUNT_SESSION_REMEMBER = None
+# allauth's own limits (failed logins per address and per IP, sign-ups, resets) live in
+# the cache; its defaults are kept.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Inference platform")

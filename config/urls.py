@@ -2,12 +2,12 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpResponse
 from django.urls import include, path, re_path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
 from config.api import internal_not_found, json_not_found
 from config.schema import InternalSchemaApi
+from dashboard.views import front_door
 
 internal_v1 = [
     path("", include("accounts.urls")),
@@ -35,8 +35,10 @@ public_v1 = [
 ]
 
 urlpatterns = [
-    # The service's only pages are the staff console's.
-    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
+    # The customer's login (signed in: the overview); staff keep /admin/.
+    path("", front_door, name="home"),
+    path("account/", include("allauth.urls")),
+    path("dashboard/", include("dashboard.urls")),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),

@@ -67,7 +67,10 @@ def api_key_ref(presented_key: str) -> KeyRef | None:
     key_hash = api_key_hash(presented_key)
 
     def load():
-        row = ApiKey.objects.filter(key_hash=key_hash).values_list("id", "account_id").first()
+        # Only inference keys run models: a management key is unknown here. A key's kind
+        # never changes, so the cache may hold this answer as long as any other.
+        row = (ApiKey.objects.filter(key_hash=key_hash, kind=ApiKey.Kind.INFERENCE)
+               .values_list("id", "account_id").first())
         return KeyRef(*row) if row else None
 
     # Forget unknown keys soon: a key created a moment ago must work at once.

@@ -72,3 +72,13 @@ def anon_api():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    """pytest-django's admin client, signed in with the console's second factor too."""
+    from console.demo import staff_totp_device_ensure
+    from tests.console.support import otp_login
+
+    staff_totp_device_ensure(user=admin_user)
+    return otp_login(client, admin_user)

@@ -7,7 +7,9 @@ from django.urls import reverse
 
 from accounts.models import User
 from billing.models import CreditLot
+from console.demo import staff_totp_device_ensure
 from metering.models import SizeClass
+from tests.console.support import otp_login
 from tests.runpath import MODEL_7B, authorize_body, customer_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog", "fresh_caches")]
@@ -16,8 +18,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("catalog", "fresh_c
 @pytest.fixture
 def staff_client(client):
     staff = User.objects.create_superuser(email="staff@example.com", password="pw-staff-1")
-    client.force_login(staff)
-    return client
+    staff_totp_device_ensure(user=staff)
+    return otp_login(client, staff)
 
 
 def test_every_admin_list_and_detail_page_opens(staff_client, api):
@@ -50,7 +52,8 @@ def test_a_size_class_price_edited_by_staff_prices_the_next_run(staff_client, ap
     response = staff_client.post(
         reverse("admin:metering_sizeclass_change", args=[size_class.pk]),
         {"name": "7B", "max_params_b": size_class.max_params_b,
-         "nanos_per_second": 100_000, "concurrency_weight": size_class.concurrency_weight})
+         "nanos_per_second": "0.0001", "concurrency_weight": size_class.concurrency_weight,
+         "change_reason": "price review"})
     assert response.status_code == 302
 
     # Then a 10 s run is charged at the new price.
@@ -68,7 +71,7 @@ def test_a_bad_price_is_a_form_error_and_changes_nothing(staff_client):
     response = staff_client.post(
         reverse("admin:metering_sizeclass_change", args=[size_class.pk]),
         {"name": "7B", "max_params_b": size_class.max_params_b,
-         "nanos_per_second": -5, "concurrency_weight": 0})
+         "nanos_per_second": "-5", "concurrency_weight": 0, "change_reason": "typo test"})
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
@@ -90,9 +93,11 @@ def test_money_records_cannot_be_edited_or_deleted_in_the_admin(staff_client):
     assert CreditLot.objects.values().get(pk=lot.pk) == before
 
 
-def test_the_service_root_leads_to_the_staff_console(client):
-    response = client.get("/", follow=True)
+def test_staff_log_in_at_the_console_and_customers_at_the_root(client):
+    console = client.get("/admin/", follow=True)
+    assert console.redirect_chain[0][0].startswith("/admin/login/")
+    assert "Log in" in console.content.decode()
 
-    assert response.redirect_chain[0] == ("/admin/", 302)
-    assert response.status_code == 200
-    assert "Log in" in response.content.decode()
+    root = client.get("/")
+    assert root.status_code == 200
+    assert 'action="/account/login/"' in root.content.decode()

@@ -199,15 +199,17 @@ def stripe_client(localstripe_url):
 
 
 class Customer:
-    """An account with an API key, and a client that calls /api/v1/ with it."""
+    """An account with an inference key (`key`, for runs) and a management key, and a
+    client that calls /api/v1/ with the management key."""
 
-    def __init__(self, account, key: str):
+    def __init__(self, account, key: str, management_key: str):
         from rest_framework.test import APIClient
 
         self.account = account
         self.key = key
+        self.management_key = management_key
         self.api = APIClient()
-        self.api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        self.api.credentials(HTTP_AUTHORIZATION=f"Bearer {management_key}")
 
     @property
     def id(self):
@@ -223,7 +225,9 @@ def make_customer():
     def make(email: str | None = None) -> Customer:
         account, _ = account_create(email=email or f"{uuid.uuid4().hex[:12]}@example.com")
         _, key = api_key_create(account_id=account.id, name="test")
-        return Customer(account, key)
+        _, management_key = api_key_create(account_id=account.id, name="test management",
+                                           kind="management")
+        return Customer(account, key, management_key)
 
     return make
 

@@ -238,7 +238,7 @@ def test_racing_retries_with_one_idempotency_key_charge_once(make_customer, save
     # When 6 copies of one purchase, with one key, arrive at once
     def buy():
         client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {customer.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {customer.management_key}")
         return client.post("/api/v1/purchases", {"amount_usd": "25.00"}, format="json",
                            HTTP_IDEMPOTENCY_KEY="burst-1")
 

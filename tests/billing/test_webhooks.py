@@ -89,8 +89,8 @@ def test_confirmation_racing_the_webhook_grants_once(
 
     # When the dashboard's confirmation calls and Stripe's deliveries arrive all at once
     def confirm():
-        return requests.post(confirm_url, headers={"Authorization": f"Bearer {customer.key}"},
-                             timeout=30)
+        return requests.post(confirm_url, timeout=30,
+                             headers={"Authorization": f"Bearer {customer.management_key}"})
 
     def webhook():
         return deliver(service_webhook_url, delivery["body"], delivery["signature"])

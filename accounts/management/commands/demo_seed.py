@@ -1,14 +1,15 @@
 from decimal import Decimal
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from accounts.models import User
 from accounts.services import api_key_create
 from billing.account_opening import account_create
 from billing.credit import purchase_record
 from billing.ledger import Book
 from billing.models import Purchase
+from console.demo import demo_staff_ensure
 from metering.catalog import model_upsert
 
 USD = 10**9
@@ -34,26 +35,35 @@ class Command(BaseCommand):
         for model in DEMO_MODELS:
             model_upsert(**model)
 
-        admin = User.objects.filter(email="admin@example.com").first()
-        if admin is None:
-            User.objects.create_superuser("admin@example.com", admin_password)
+        staff_lines = demo_staff_ensure(admin_email="admin@example.com",
+                                        password=admin_password)
 
         account, _ = account_create(email="demo@example.com")
         user = account.user
         if not user.has_usable_password():
             user.set_password(customer_password)
             user.save(update_fields=["password"])
+        # The demo customer's email counts as verified: the dashboard's login lets it in.
+        EmailAddress.objects.update_or_create(
+            user=user, email=user.email, defaults={"verified": True, "primary": True})
         purchase_record(account_id=account.id, amount_nanos=25 * USD,
                         reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
                         cash_book=Book.EXTERNAL_CASH)
         _, key = api_key_create(account_id=account.id, name="demo")
+        _, management_key = api_key_create(account_id=account.id, name="demo management",
+                                           kind="management")
 
         token = (settings.BILLING_INTERNAL_TOKENS or ["<set BILLING_INTERNAL_TOKENS>"])[0]
         self.stdout.write(self.style.SUCCESS("Demo data loaded."))
-        self.stdout.write(f"  staff console:   /admin/  admin@example.com / {admin_password}")
+        self.stdout.write("  staff console:   /admin/  (password, then the authenticator code)")
+        for line in staff_lines:
+            self.stdout.write(line)
         self.stdout.write(f"  demo customer:   demo@example.com, account {account.id}")
         self.stdout.write(f"  demo API key:    {key}")
         self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
+        self.stdout.write(f"  management key:  {management_key}")
+        self.stdout.write("                   (the money calls of /api/v1/: cards, purchases, "
+                          "auto-reload...)")
         self.stdout.write(f"  service token:   {token}")
         self.stdout.write("                   (the internal API, /internal/v1/, documented at "
                           "/internal/v1/docs)")
