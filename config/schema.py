@@ -66,7 +66,8 @@ CALL_ERRORS = [
     (re.compile(r"/api/v1/"), {429}),  # too many invalid keys from one address
     # Calls that reach Stripe: its refusals and failures.
     (re.compile(r"/api/v1/(cards|purchases|subscription)"), {502}),
-    (re.compile(r"/api/v1/purchases$"), {409}),  # Idempotency-Key reused or in flight
+    # A card_id not on the account; an Idempotency-Key reused or still in flight.
+    (re.compile(r"/api/v1/purchases$"), {404, 409}),
     (re.compile(r"/api/v1/subscription$"), {404, 409}),  # none live; already subscribed
     (re.compile(r"/internal/v1/accounts/\{[^}]+\}/purchases$"), {403}),
 ]

@@ -50,6 +50,7 @@ class Part:
     measured: str = ""
     outcome: str = "NOT RUN"  # PASS, FAIL, PENDING
     pending: str = ""
+    case: str = ""  # a parametrized test's case; its cases share one line of the table
 
     def add(self, *, counts: str | None = None, measured: str | None = None) -> None:
         if counts is not None:
@@ -89,13 +90,34 @@ def figure_outcome(parts: list[Part]) -> str:
     return "PASS"
 
 
+def merged(parts: list[Part]) -> list[Part]:
+    """A parametrized test's cases as one part: every case named, the worst outcome."""
+    groups: dict[tuple, list[Part]] = {}
+    for part in parts:
+        groups.setdefault((part.test.split("[")[0], part.tried), []).append(part)
+    result = []
+    for group in groups.values():
+        first = group[0]
+        if len(group) == 1 and not first.case:
+            result.append(first)
+            continue
+        cases = ", ".join(p.case for p in group)
+        outcome = next((o for o in ("FAIL", "NOT RUN", "PENDING", "PASS")
+                        if o in {p.outcome for p in group}), "PASS")
+        result.append(Part(figure=first.figure, test=first.test.split("[")[0],
+                           tried=f"{first.tried} [{len(group)} cases: {cases}]",
+                           counts=first.counts, measured=first.measured, outcome=outcome,
+                           pending=first.pending))
+    return result
+
+
 def table(run: Run, width: int = 118) -> str:
     """One row per figure; its parts below it, each with what was tried, the counts, what
     was measured and its outcome."""
     lines = [f"Reliability and security figures (PROVE_SCALE={run.scale})", "=" * width]
     text_width = width - 14
     for number, title in TITLES.items():
-        parts = [p for p in run.parts if p.figure == number]
+        parts = merged([p for p in run.parts if p.figure == number])
         outcome = figure_outcome(parts)
         lines.append(f"{number:>2}  {title:<{width - 14}}  {outcome:>8}")
         for part in parts:

@@ -29,11 +29,10 @@ def _parts(item) -> list[Part]:
         for marker in item.iter_markers("figure"):
             number = marker.args[0]
             assert number in TITLES, number
-            tried = marker.kwargs.get("tried") or item.name
-            if hasattr(item, "callspec"):
-                tried += f" [{item.callspec.id}]"
-            parts.append(Part(figure=number, test=item.nodeid, tried=tried,
-                              counts=marker.kwargs.get("counts", "")))
+            parts.append(Part(figure=number, test=item.nodeid,
+                              tried=marker.kwargs.get("tried") or item.originalname,
+                              counts=marker.kwargs.get("counts", ""),
+                              case=item.callspec.id if hasattr(item, "callspec") else ""))
         item._figure_parts = parts
         _run.parts.extend(parts)
     return parts

@@ -1,6 +1,7 @@
 """Figure 12: security. Keys stored only as hashes, the service token compared in
 constant time, no object of one account reachable with another's ids, an inference key
-refused on money calls, unsigned webhooks refused (tests/billing/test_webhooks.py),
+refused on money calls (tests/billing/test_key_scopes.py), unsigned webhooks refused
+(tests/billing/test_webhooks.py),
 guessing rate limited, no secret in the logs."""
 
 import glob
@@ -110,8 +111,7 @@ def test_internal_objects_cannot_be_reached_through_another_account(api, catalog
                     api.post(path, {"inference_seconds": 1}, format="json"))
         tried += 1
         assert response.status_code == 404, path
-    figure.add(counts=f"{tried} cross-account calls: all 404 or their own object; "
-                      "dashboard pages: not on main yet")
+    figure.add(counts=f"{tried} cross-account calls: all 404 or their own object")
 
 
 @pytest.mark.usefixtures("stripe_live")
@@ -151,17 +151,6 @@ def test_customer_objects_cannot_be_reached_with_another_accounts_key(
                       "victim's cards and payments unchanged")
 
 
-@pytest.mark.figure(12, tried="an inference key on every money call of /api/v1/")
-def test_an_inference_key_is_refused_on_every_money_call(figure):
-    # Keys that run and keys that pay are separated by the dashboard issue's key kinds;
-    # until they are on this branch there is no inference-only key to try.
-    if not any(field.name in {"kind", "scope", "can_pay", "role"}
-               for field in ApiKey._meta.get_fields()):
-        figure.mark_pending("inference-only keys are not on this branch (keys-emails)")
-        return
-    pytest.fail("inference-only keys exist: this figure's check must be written for them")
-
-
 @pytest.mark.django_db
 @pytest.mark.figure(12, tried="the same client address presents invalid customer keys to "
                     "/api/v1/, then a valid key; another address with the valid key")
@@ -192,9 +181,7 @@ def test_key_guessing_is_rate_limited_per_address(settings, figure):
     assert nowhere.status_code == 401
     cache.clear()
     figure.add(counts="25 invalid keys from one address: 20 answered 401, then 429 "
-                      "(Retry-After), the valid key too; another address unaffected. Login: "
-                      "the staff admin's login has no limit; the dashboard's login is on "
-                      "another branch")
+                      "(Retry-After), the valid key too; another address unaffected")
 
 
 @pytest.mark.figure(12, tried="no secret in the logs of a full run")
