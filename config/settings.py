@@ -193,6 +193,8 @@ RATELIMIT_USE_CACHE = "default"
 # Invalid customer API keys one client address may present to /api/v1/ per minute before
 # every key it presents is refused with 429 for the rest of the minute (key guessing).
 CUSTOMER_KEY_GUESSES_PER_MINUTE = env_int("CUSTOMER_KEY_GUESSES_PER_MINUTE", 20)
+# Failed staff console sign-ins one address may make per minute (password or code wrong).
+STAFF_LOGIN_FAILURES_PER_MINUTE = env_int("STAFF_LOGIN_FAILURES_PER_MINUTE", 10)
 
 # --- Auth -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
