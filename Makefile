@@ -23,13 +23,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The service on the embedded default: SQLite, in-process cache, eager tasks, demo data.
+# Without STRIPE_SECRET_KEY, payments go to a local Stripe stand-in (billing/devstripe.py).
+PORT ?= 8000
 run: setup
 	mkdir -p var
 	env -u DATABASE_URL -u REDIS_URL DJANGO_DEBUG=1 BILLING_INTERNAL_TOKENS=$(DEV_TOKEN) \
+		$(BIN)/python -m billing.devstripe --service-port $(PORT) -- \
 		sh -c '$(BIN)/python manage.py migrate --noinput -v0 && \
 		$(BIN)/python manage.py demo_seed && \
-		echo "Service: http://127.0.0.1:8000/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
-		exec $(BIN)/python manage.py runserver 127.0.0.1:8000'
+		echo "Service: http://127.0.0.1:$(PORT)/  (staff console: /admin/, internal API: /internal/v1/, its docs: /internal/v1/docs)" && \
+		exec $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)'
 
 # The whole test suite against the local PostgreSQL and Redis, after the linters (ruff,
 # and import-linter: the apps depend one way, see README "Layout").

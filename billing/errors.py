@@ -51,6 +51,13 @@ class PaymentProviderUnavailable(ApplicationError):
                "that went through is credited as soon as the provider reports it.")
 
 
+class PaymentsNotConfigured(ApplicationError):
+    status = 503
+    code = "payments_not_configured"
+    message = ("Payments are not configured on this service, so cards cannot be saved or "
+               "charged. The operator must set STRIPE_SECRET_KEY (see README.md).")
+
+
 class PaymentProviderError(ApplicationError):
     status = 502
     code = "payment_provider_error"
@@ -72,7 +79,10 @@ def account_active_ensure(*, account_id: UUID) -> None:
 
 
 def provider_error(exc: StripeGatewayError) -> ApplicationError:
-    if isinstance(exc, StripeUnavailable | StripeNotConfigured):
+    if isinstance(exc, StripeNotConfigured):
+        # Not a passing outage: retrying will not help until the operator configures it.
+        return PaymentsNotConfigured()
+    if isinstance(exc, StripeUnavailable):
         return PaymentProviderUnavailable()
     return PaymentProviderError(str(exc) or None)
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from dashboard import views
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("keys/", views.keys, name="keys"),
     path("keys/<uuid:key_id>/revoke/", views.key_revoke, name="key_revoke"),
     path("models/", views.models, name="models"),
+    path("", include("dashboard.urls_billing")),
 ]

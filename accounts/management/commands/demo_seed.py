@@ -1,3 +1,4 @@
+import os
 from decimal import Decimal
 
 from allauth.account.models import EmailAddress
@@ -5,11 +6,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from accounts.services import api_key_create
-from billing.account_opening import account_create
-from billing.credit import purchase_record
-from billing.ledger import Book
-from billing.models import Purchase
 from console.demo import demo_staff_ensure
+from dashboard.demo import demo_customer_seed, payg_price_configure
 from metering.catalog import model_upsert
 
 USD = 10**9
@@ -38,18 +36,13 @@ class Command(BaseCommand):
         staff_lines = demo_staff_ensure(admin_email="admin@example.com",
                                         password=admin_password)
 
-        account, _ = account_create(email="demo@example.com")
-        user = account.user
-        if not user.has_usable_password():
-            user.set_password(customer_password)
-            user.save(update_fields=["password"])
+        payg_price_configure(price_id=os.environ.get("DEMO_PAYG_STRIPE_PRICE_ID", ""))
+        demo, key = demo_customer_seed(email="demo@example.com", password=customer_password)
+        account = demo.account
         # The demo customer's email counts as verified: the dashboard's login lets it in.
         EmailAddress.objects.update_or_create(
-            user=user, email=user.email, defaults={"verified": True, "primary": True})
-        purchase_record(account_id=account.id, amount_nanos=25 * USD,
-                        reference="DEMO-INVOICE-0001", kind=Purchase.Kind.INVOICE,
-                        cash_book=Book.EXTERNAL_CASH)
-        _, key = api_key_create(account_id=account.id, name="demo")
+            user=account.user, email=account.user.email,
+            defaults={"verified": True, "primary": True})
         _, management_key = api_key_create(account_id=account.id, name="demo management",
                                            kind="management")
 
@@ -58,7 +51,8 @@ class Command(BaseCommand):
         self.stdout.write("  staff console:   /admin/  (password, then the authenticator code)")
         for line in staff_lines:
             self.stdout.write(line)
-        self.stdout.write(f"  demo customer:   demo@example.com, account {account.id}")
+        self.stdout.write(f"  demo customer:   / (the dashboard)  demo@example.com / "
+                          f"{customer_password}  (account {account.id})")
         self.stdout.write(f"  demo API key:    {key}")
         self.stdout.write(f"                   (GET /api/v1/credits with 'Authorization: {key}')")
         self.stdout.write(f"  management key:  {management_key}")
