@@ -216,8 +216,9 @@ VANISHING = scaled(ci=20, full=200)
 
 @pytest.mark.slow
 @pytest.mark.figure(3, tried=f"gateways vanish after authorize; lease {LEASE.total_seconds():g}"
-                    f" s, the periodic sweep every {SWEEP_SECONDS:g} s; time from the last "
-                    "heartbeat until the hold's slot and reservation are free")
+                    f" s, the periodic sweep every {SWEEP_SECONDS:g} s; time from its "
+                    "authorize (its last sign of life) until its slot and reservation are "
+                    "free")
 def test_a_vanished_gateways_slots_and_money_come_back_within_lease_plus_sweep(
         settings, eager_tasks, figure):
     settings.HOLD_LEASE = LEASE

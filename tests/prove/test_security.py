@@ -1,8 +1,7 @@
 """Figure 12: security. Keys stored only as hashes, the service token compared in
 constant time, no object of one account reachable with another's ids, an inference key
 refused on money calls (tests/billing/test_key_scopes.py), unsigned webhooks refused
-(tests/billing/test_webhooks.py),
-guessing rate limited, no secret in the logs."""
+(tests/billing/test_webhooks.py), guessing rate limited, no secret in the logs."""
 
 import glob
 import inspect
