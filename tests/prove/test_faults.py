@@ -219,6 +219,7 @@ def test_outages_answer_503_json_in_bounded_time_and_recover(tmp_path, figure):
             gateway.stop()
         if server is not None:
             server.stop()
-        redis_server.thaw() if redis_server.process else None
-        redis_server.stop()
+        if redis_server.process is not None:
+            redis_server.thaw()  # a frozen server cannot take its SIGTERM
+            redis_server.stop()
         postgres.remove()
