@@ -323,7 +323,9 @@ def sweep_at(when, account_id, *, by: str) -> Callable[[], object]:
 
     def task():
         with time_machine.travel(when, tick=False):
-            return holds_expire_due.apply().get()
+            # Celery's "a task is running" flag is global to the process, and another
+            # thread's eager task may hold it: this .get() is of a finished eager result.
+            return holds_expire_due.apply().get(disable_sync_subtasks=False)
 
     return task
 

@@ -1,8 +1,4 @@
-"""Run on its own: `pytest tests/dashboard/browser_money.py` (not collected by the default
-suite yet: in one session with the other transactional tests, the flush after each of these
-left later transactional tests without the seeded tables).
-
-The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
+"""The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
 live server on PostgreSQL and localstripe, whose stand-in for Stripe.js renders the card
 form: buy credits with the test card, a declined card, cards, auto-reload. Screenshots of
 each page at 375 and 1280 px go to var/screenshots/."""
@@ -36,13 +32,6 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 PASSWORD = "a-long-browser-password"
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args():
-    return {"executable_path": "/usr/bin/chromium",
-            "args": ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--no-first-run", "--disable-sync"]}
 
 
 SEEDS = ["billing.migrations.0002_seed_plans", "ratelimits.migrations.0002_seed_tiers",
