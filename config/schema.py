@@ -69,6 +69,7 @@ CALL_ERRORS = [
     # A card_id not on the account; an Idempotency-Key reused or still in flight.
     (re.compile(r"/api/v1/purchases$"), {404, 409}),
     (re.compile(r"/api/v1/subscription$"), {404, 409}),  # none live; already subscribed
+    (re.compile(r"/api/v1/auto-reload$"), {404}),  # a card_id not on the account
     (re.compile(r"/internal/v1/accounts/\{[^}]+\}/purchases$"), {403}),
 ]
 

@@ -29,6 +29,7 @@ def test_the_customer_api_documents_conflicts_missing_subscriptions_and_stripe_f
     assert {"404", "409", "502"} <= statuses(schema, "/api/v1/subscription", "delete")
     assert {"409"} <= statuses(schema, "/api/v1/subscription", "post")
     assert {"502", "429"} <= statuses(schema, "/api/v1/cards", "post")
+    assert "404" in statuses(schema, "/api/v1/auto-reload", "put")  # an unknown card_id
     assert "429" in statuses(schema, "/api/v1/credits", "get")
     assert "502" not in statuses(schema, "/api/v1/credits", "get")  # no Stripe call there
 

@@ -230,42 +230,64 @@ def test_a_vanished_gateways_slots_and_money_come_back_within_lease_plus_sweep(
     def beat():  # what `celery beat` does, on a short interval
         try:
             while not stop.wait(SWEEP_SECONDS):
-                sweeps.append(holds_expire_due.apply().result)
+                started = time.monotonic()
+                holds_expire_due.apply()
+                sweeps.append(time.monotonic() - started)
         except Exception as exc:  # reported by the test below
             beat_errors.append(exc)
         finally:
             connection.close()
 
     vanished_at: dict = {}
-    rng = random.Random(3)
-    for n in range(VANISHING):
-        authorization = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
-                                       request_id=f"vanish-{n}", estimate_seconds=60)
-        vanished_at[str(authorization.hold_id)] = time.monotonic()
-        if n == 0:
-            beat_thread = threading.Thread(target=beat, daemon=True)
-            beat_thread.start()
-        time.sleep(rng.uniform(0, 0.05))
     freed_at: dict = {}
-    deadline = time.monotonic() + 30
+    all_vanished = threading.Event()
+
+    def watch():  # when each hold is seen expired, polled from the first authorize on
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    all_vanished.is_set() and len(freed_at) >= VANISHING):
+                for hold_id in Hold.objects.filter(
+                        account_id=customer.account_id,
+                        status=Hold.Status.EXPIRED).values_list("id", flat=True):
+                    freed_at.setdefault(str(hold_id), time.monotonic())
+                time.sleep(0.02)
+        finally:
+            connection.close()
+
+    rng = random.Random(3)
+    threads = [threading.Thread(target=beat, daemon=True),
+               threading.Thread(target=watch, daemon=True)]
     try:
-        while len(freed_at) < VANISHING and time.monotonic() < deadline:
-            for hold_id in Hold.objects.filter(
-                    account_id=customer.account_id, status=Hold.Status.EXPIRED).values_list(
-                    "id", flat=True):
-                freed_at.setdefault(str(hold_id), time.monotonic())
-            time.sleep(0.02)
+        for n in range(VANISHING):
+            authorization = hold_authorize(api_key=customer.key, model_id=MODEL_7B,
+                                           request_id=f"vanish-{n}", estimate_seconds=60)
+            vanished_at[str(authorization.hold_id)] = time.monotonic()
+            if n == 0:
+                for thread in threads:
+                    thread.start()
+            time.sleep(rng.uniform(0, 0.05))
+        all_vanished.set()
+        threads[1].join()
     finally:
+        all_vanished.set()
         stop.set()
-        beat_thread.join()
+        for thread in threads:
+            if thread.ident is not None:  # started
+                thread.join()
     assert beat_errors == []
     recovery = [freed_at[h] - vanished_at[h] for h in freed_at] or [float("inf")]
-    bound = LEASE.total_seconds() + SWEEP_SECONDS
+    # The bound: the lease, the wait for the next sweep, and that sweep's own run (which a
+    # busy machine stretches); plus the poll's granularity.
+    slowest_sweep = max(sweeps, default=0.0)
+    bound = LEASE.total_seconds() + SWEEP_SECONDS + slowest_sweep
     figure.add(counts=f"{VANISHING} vanished holds, {len(sweeps)} sweeps",
                measured=f"recovery p50 {statistics.median(recovery):.2f} s, max "
-                        f"{max(recovery):.2f} s (bound: lease + sweep = {bound:g} s)")
+                        f"{max(recovery):.2f} s (bound: lease {LEASE.total_seconds():g} s + "
+                        f"sweep interval {SWEEP_SECONDS:g} s + slowest sweep "
+                        f"{slowest_sweep:.2f} s = {bound:.2f} s)")
     assert len(freed_at) == VANISHING
-    assert max(recovery) <= bound + 0.25  # the poll's own granularity and a busy machine
+    assert max(recovery) <= bound + 0.25
     assert min(recovery) >= LEASE.total_seconds()
     account = customer.account()
     assert (account.slots_in_use, account.held_nanos, account.balance_nanos) == (
