@@ -12,15 +12,29 @@ BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 BENCH_ARGS ?=
 
-.PHONY: setup run test prove lint bench worker beat
+.PHONY: setup run test prove lint bench worker beat lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly what requirements/dev.lock pins, hash-checked; then the project itself.
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# Re-pin requirements/*.lock from pyproject.toml's ranges (after adding or changing a
+# dependency there, or to take upgrades): `make lock`, then `make setup`.
+lock:
+	[ -x $(BIN)/pip-compile ] || { $(PYTHON) -m venv $(VENV) && \
+		$(BIN)/pip install --quiet 'pip-tools>=7.4,<8'; }
+	mkdir -p requirements
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --extra dev \
+		--output-file requirements/dev.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links \
+		--output-file requirements/prod.lock pyproject.toml
 
 # The service on the embedded default: SQLite, in-process cache, eager tasks, demo data.
 # Without STRIPE_SECRET_KEY, payments go to a local Stripe stand-in (billing/devstripe.py).
@@ -35,11 +49,16 @@ run: setup
 		exec $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)'
 
 # The whole test suite against the local PostgreSQL and Redis, after the linters (ruff,
-# and import-linter: the apps depend one way, see README "Layout").
+# and import-linter: the apps depend one way, see README "Layout"). Every process of the
+# run logs to TEST_LOG; the audit then fails the run if a secret is in it.
+TEST_LOG ?= var/log/test-run.jsonl
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/pytest
+	mkdir -p $(dir $(TEST_LOG)) && rm -f $(TEST_LOG)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+		LOG_FILE=$(abspath $(TEST_LOG)) $(BIN)/pytest
+	$(BIN)/python -m tests.ops.log_audit $(TEST_LOG)
 
 # The reliability and security figures (tests/prove/figures.py): only the figures' tests,
 # at full scale, then their table. `make prove PROVE_SCALE=ci` runs the counts CI runs

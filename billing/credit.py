@@ -20,6 +20,7 @@ from billing.errors import InsufficientCredit, InvalidExpiry
 from billing.ledger import Book, Kind, Leg, ledger_post
 from billing.low_balance import low_balance_record
 from billing.models import CreditLot, Plan, Purchase
+from billing.notifications import purchase_receipt_email_enqueue
 from config.api import ApplicationError
 from ratelimits.tiers import account_tier_apply, tier_window_start
 
@@ -170,6 +171,7 @@ def purchase_record(*, account_id: UUID, amount_nanos: int, reference: str, kind
     purchase = Purchase.objects.create(account=account, kind=kind, amount_nanos=amount_nanos,
                                        reference=reference, lot=lot, purchased_at=now)
     account_tier_refresh(account=account, now=now)
+    purchase_receipt_email_enqueue(purchase_id=purchase.id)
     return purchase, True
 
 

@@ -12,7 +12,7 @@ from django.db import transaction
 from accounts.locks import account_lock
 from accounts.models import Account
 from billing.models import BillingProfile, LowBalanceEvent
-from billing.notifications import auto_reload_failed_notify
+from billing.notifications import auto_reload_failed_notify, low_balance_email_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def low_balance_event_open(*, account: Account, threshold_nanos: int,
 
 
 def low_balance_event_dispatch(*, event_id: int) -> None:
-    """Hand a committed crossing to auto-reload. A broker that cannot take the task does
-    not fail the caller: the periodic sweep picks up crossings nobody handled."""
+    """Hand a committed crossing to auto-reload and to its email. A broker that cannot
+    take the task does not fail the caller: the periodic sweep picks up crossings nobody
+    handled (for auto-reload; an email not enqueued is logged)."""
     # Tasks are entry points above the services: imported at call time, not at load.
     from billing.tasks import auto_reload_for_crossing  # noqa: PLC0415
 
@@ -59,6 +60,7 @@ def low_balance_event_dispatch(*, event_id: int) -> None:
         auto_reload_for_crossing.delay(event_id)
     except Exception:
         logger.exception("could not enqueue auto-reload for low-balance event %s", event_id)
+    low_balance_email_enqueue(low_balance_event_id=event_id)
 
 
 # --- Auto-reload's trigger: the threshold column the crossing is measured against ---------

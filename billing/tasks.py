@@ -4,7 +4,7 @@ enqueue per-account work. Every task is a no-op when rerun."""
 from celery import shared_task
 from django.utils import timezone
 
-from billing import auto_reload, credit
+from billing import auto_reload, credit, notifications
 from billing.stripe_gateway import StripeUnavailable
 
 
@@ -41,8 +41,10 @@ def free_grants_refresh_due() -> int:
 
 @shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
              retry_backoff_max=300, max_retries=10)
-def auto_reload_for_crossing(low_balance_event_id: int) -> None:
-    auto_reload.auto_reload_run(low_balance_event_id=low_balance_event_id)
+def auto_reload_for_crossing(low_balance_event_id: int) -> str:
+    # The outcome feeds the auto-reload metric (config/metrics.py, from the task's result).
+    payment = auto_reload.auto_reload_run(low_balance_event_id=low_balance_event_id)
+    return str(payment.status) if payment is not None else "skipped"
 
 
 @shared_task(acks_late=True, autoretry_for=(StripeUnavailable,), retry_backoff=5,
@@ -61,3 +63,33 @@ def payments_resume_stalled() -> int:
     for event_id in event_ids:
         auto_reload_for_crossing.delay(event_id)
     return len(payment_ids) + len(event_ids)
+
+
+# --- Emails -------------------------------------------------------------------------------
+# Each email goes out once per thing it is about (notifications.services.email_send_once);
+# a mail server that is down or slow is retried later (smtplib's errors are OSErrors).
+EMAIL_RETRY = {"acks_late": True, "autoretry_for": (OSError,), "retry_backoff": 30,
+               "retry_backoff_max": 1800, "max_retries": 8}
+
+
+@shared_task(**EMAIL_RETRY)
+def purchase_receipt_email(purchase_id: str) -> None:
+    notifications.purchase_receipt_email_send(purchase_id=purchase_id)
+
+
+@shared_task(**EMAIL_RETRY)
+def low_balance_email(low_balance_event_id: int) -> None:
+    notifications.low_balance_email_send(low_balance_event_id=low_balance_event_id)
+
+
+@shared_task(**EMAIL_RETRY)
+def credit_expiring_email(lot_id: str) -> None:
+    notifications.credit_expiring_email_send(lot_id=lot_id)
+
+
+@shared_task
+def credit_expiring_emails_due() -> int:
+    lot_ids = notifications.credit_expiring_lot_ids(now=timezone.now())
+    for lot_id in lot_ids:
+        credit_expiring_email.delay(str(lot_id))
+    return len(lot_ids)

@@ -6,6 +6,7 @@ DRF's own errors) as `{"status", "error", "code", "message", ...}`."""
 
 import hmac
 import sys
+import time
 from http import HTTPStatus
 
 import django.db
@@ -24,6 +25,8 @@ from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.views import APIView
+
+from config import metrics
 
 
 class ApplicationError(Exception):
@@ -364,6 +367,8 @@ class LeanInternalApi(InternalApi):
     still describes them in the OpenAPI schema."""
 
     def dispatch(self, request, *args, **kwargs):
+        started = time.perf_counter()
+        outcome = "error"  # an unexpected exception: the 500 is Django's to render
         self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
         try:
             service_token_ensure(request)
@@ -374,9 +379,21 @@ class LeanInternalApi(InternalApi):
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
                 raise MethodNotAllowedError(f'Method "{request.method}" not allowed.')
-            return handler(request, *args, **kwargs)
+            response = handler(request, *args, **kwargs)
+            outcome = "ok"
+            return response
         except Exception as exc:
             error = as_application_error(exc)
             if error is None:
                 raise
+            outcome = error.code
             return application_error_response(error)
+        finally:
+            metrics.run_path_observe(call=self._metrics_call, started=started,
+                                     outcome=outcome)
+
+    _metrics_call = "lean"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._metrics_call = metrics.run_path_call_name(cls)

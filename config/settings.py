@@ -7,7 +7,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE as CSP_NONCE
 from django.core.exceptions import ImproperlyConfigured
+
+from config.email_settings import email_settings
+from config.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,10 +55,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # the API docs' assets, served from here
+    "csp",
     "accounts",
     "billing",
     "metering",
     "ratelimits",
+    "notifications",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -65,8 +72,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.static.StaticFilesMiddleware",  # whitenoise
+    "config.csp.ContentSecurityPolicyMiddleware",  # django-csp, plus Stripe.js
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -77,13 +86,14 @@ MIDDLEWARE = [
     "allauth.account.middleware.AccountMiddleware",
 ]
 # Served by config.wsgi's machine handler: the internal API and the health check.
-MACHINE_PATH_PREFIXES = ("/internal/", "/healthz")
+MACHINE_PATH_PREFIXES = ("/internal/", "/healthz", "/readyz", "/metrics")
 # Callers that read JSON, never an HTML error page (config/api.py handler400/500).
 MACHINE_ERROR_PATH_PREFIXES = ("/internal/", "/api/", "/stripe/", "/healthz", "/readyz",
                                "/metrics")
 # ...except the API's description, which staff signed in to the console read in a browser.
 BROWSER_PATH_PREFIXES = ("/internal/v1/schema", "/internal/v1/docs")
 MACHINE_MIDDLEWARE = [
+    "config.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",  # sets Content-Length: keep-alive clients
 ]
@@ -214,15 +224,26 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-# Static files are served from the apps unless collected (`manage.py collectstatic`,
-# then WHITENOISE_USE_FINDERS=0 for compressed, long-cached copies).
-WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
 
-EMAIL_BACKEND = os.environ.get(
-    "EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
-)
+# Mail: SMTP from EMAIL_URL or EMAIL_HOST..., else the console (config/email_settings.py).
+_email = email_settings(os.environ)
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_TIMEOUT = _email["EMAIL_TIMEOUT"]
+EMAIL_HOST = _email.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = _email.get("EMAIL_PORT", 25)
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _email.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _email.get("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@example.com")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Where customers reach the dashboard: emails link to its pages from here.
+SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000")
+CELERY_BEAT_SCHEDULE["email-credit-expiring-soon"] = {
+    "task": "billing.tasks.credit_expiring_emails_due",
+    "schedule": timedelta(minutes=15),
+}
 
 # --- API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -242,6 +263,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/(internal|api)/v1",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Bodies are documented as what they are, JSON (config.parsers.JsonBodyParser reads any).
     "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
@@ -286,13 +308,11 @@ PAYMENT_CLAIM_SECONDS = env_int("PAYMENT_CLAIM_SECONDS", 120)
 AUTO_SCALE_BURST_SECONDS = env_int("AUTO_SCALE_BURST_SECONDS", 60)
 AUTO_SCALE_WAIT_SECONDS = env_int("AUTO_SCALE_WAIT_SECONDS", 30)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# JSON lines with the request id, secrets scrubbed (config/logs.py). LOG_FORMAT=text for
+# a person at a terminal; LOG_FILE also appends every line to that file.
+LOGGING = logging_config(level=os.environ.get("LOG_LEVEL", "INFO"),
+                         fmt=os.environ.get("LOG_FORMAT", "json"),
+                         file=os.environ.get("LOG_FILE", ""))
 
 # --- Staff console ------------------------------------------------------------------------
 # The most a member of the Support group may grant in one action (Finance: no limit).
@@ -327,3 +347,61 @@ ACCOUNT_SESSION_REMEMBER = None
 # the cache; its defaults are kept.
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Inference platform")
+
+# --- Production: HTTPS, cookies, headers, static files (README: "Running in production") ---
+# DJANGO_PRODUCTION=1 turns these on; `manage.py check --deploy` is clean with it (and a
+# real DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS). TLS ends at the load balancer, which
+# says so in X-Forwarded-Proto.
+PRODUCTION = env_bool("DJANGO_PRODUCTION", False)
+if PRODUCTION and not os.environ.get("DJANGO_SECRET_KEY"):
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set in production")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PRODUCTION else None
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+# Probes from the load balancer and the metrics scraper may come in plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
+SECURE_HSTS_PRELOAD = PRODUCTION
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp) on every page: the service's own scripts and
+# Stripe.js (config/csp.py adds Stripe's origins). Inline styles are allowed for the
+# admin's and Redoc's; Redoc's search runs in a blob worker. CSP_EXTRA_SCRIPT_SRC adds
+# script hosts.
+_csp_extra_script = [s for s in os.environ.get("CSP_EXTRA_SCRIPT_SRC", "").split(",") if s]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        # A page's own inline script runs with the request's nonce:
+        # <script nonce="{{ request.csp_nonce }}">.
+        "script-src": ["'self'", CSP_NONCE, *_csp_extra_script],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "worker-src": ["'self'", "blob:"],
+        "frame-src": ["'self'", *_csp_extra_script],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'self'"],
+        "object-src": ["'none'"],
+    },
+}
+# Static files from the app servers themselves (whitenoise): compressed, with hashed names
+# and far-future caching in production (run `manage.py collectstatic` at build time).
+# Elsewhere they are found where they lie, without a collectstatic step (after a
+# collectstatic, WHITENOISE_USE_FINDERS=0 serves the compressed, long-cached copies).
+WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", not PRODUCTION)
+if PRODUCTION:
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {
+            "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+# /readyz waits at most this long for PostgreSQL and for Redis (config/health.py).
+READYZ_TIMEOUT_SECONDS = float(os.environ.get("READYZ_TIMEOUT_SECONDS", "2"))

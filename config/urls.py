@@ -6,6 +6,8 @@ from drf_spectacular.views import SpectacularRedocView
 
 from billing.webhooks import stripe_webhook
 from config.api import internal_not_found, json_not_found
+from config.metrics import webhook_observed
+from config.operations import metrics_view, readyz
 from config.schema import InternalSchemaApi
 from dashboard.views import front_door
 
@@ -16,8 +18,10 @@ internal_v1 = [
     # The description is for the platform's services and for staff signed in to the
     # console; the readable page sends others to the console's login.
     path("schema", InternalSchemaApi.as_view(), name="internal-schema"),
+    # Its assets are the service's own (drf-spectacular-sidecar): readable offline.
     path("docs", staff_member_required(SpectacularRedocView.as_view(
-        url_name="internal-schema")), name="internal-docs"),
+        url_name="internal-schema", template_name="api/redoc.html")),
+        name="internal-docs"),
     # Any other path under /internal/v1/, newlines included: 401 without a service
     # token, else the JSON 404.
     re_path(r"^[\s\S]*$", internal_not_found),
@@ -40,11 +44,13 @@ urlpatterns = [
     path("account/", include("allauth.urls")),
     path("dashboard/", include("dashboard.urls")),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("internal/v1/", include(internal_v1)),
     re_path(r"^internal/", internal_not_found),
     path("api/v1/", include(public_v1)),
-    path("stripe/webhook", stripe_webhook, name="stripe-webhook"),
+    path("stripe/webhook", webhook_observed(stripe_webhook), name="stripe-webhook"),
 ]
 
 handler400 = "config.api.handler400"

@@ -2,6 +2,7 @@ from django.db import transaction
 
 from accounts.models import Account, User
 from billing.account_opening import account_create
+from notifications.services import account_welcome_email_enqueue
 
 
 @transaction.atomic
@@ -10,5 +11,7 @@ def customer_sign_up(*, user: User) -> Account:
     free grant at once (the same service the provisioning API uses; it reuses the user)."""
     user.email = user.email.strip().lower()
     user.save()
-    account, _ = account_create(email=user.email)
+    account, created = account_create(email=user.email)
+    if created:
+        account_welcome_email_enqueue(account_id=account.id)
     return account

@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts.selectors import params_b_number
+from config import metrics
 from config.api import (
     ApplicationError,
     InternalApi,
@@ -161,13 +162,13 @@ def iso_datetime(value) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-class TierOutput(BaseModel):
+class RunTierOutput(BaseModel):
     name: str | None
     max_params_b: float
     concurrency: int
 
 
-class ConcurrencyOutput(BaseModel):
+class RunConcurrencyOutput(BaseModel):
     in_use: int
     limit: int
 
@@ -192,8 +193,8 @@ class HoldAuthorizeApi(LeanInternalApi):
         lease_expires_at: str
         balance_usd: str
         available_usd: str
-        tier: TierOutput
-        concurrency: ConcurrencyOutput
+        tier: RunTierOutput
+        concurrency: RunConcurrencyOutput
 
     @extend_schema(request=AuthorizeInput, responses={200: AuthorizeOutput},
                    summary="Authorize a run (reserve a hold)")
@@ -243,6 +244,7 @@ class HoldSettleApi(LeanInternalApi):
             load_seconds=as_decimal(data.load_seconds),
             input_tokens=data.input_tokens, output_tokens=data.output_tokens,
             provider_cost_nanos=data.provider_cost_usd))
+        metrics.settle_charge_observe(settlement.charged_nanos)
         return JsonResponse(settlement_output(settlement))
 
 

@@ -40,7 +40,7 @@ def holds_expire_locked(*, account: Account, now: datetime) -> int:
                   .values_list("id", "reserved_nanos", "weight"))
     if not lapsed:
         return 0
-    Hold.objects.filter(id__in=[hold_id for hold_id, _, _ in lapsed]).update(
+    Hold.objects.filter(account=account, id__in=[hold_id for hold_id, _, _ in lapsed]).update(
         status=Hold.Status.EXPIRED, closed_at=now)
     held = sum(reserved for _, reserved, _ in lapsed)
     slots = sum(weight for _, _, weight in lapsed)
@@ -99,12 +99,14 @@ def hold_release(*, hold_id, now: datetime | None = None) -> HoldReleased:
         raise HoldNotFound()
     with transaction.atomic():
         account_lock(account_id=account_id)
-        hold = Hold.objects.get(id=hold_uuid)  # current: the account is locked
+        # Current: the account is locked. Keyed by the account too: shard-local (README).
+        hold = Hold.objects.get(id=hold_uuid, account_id=account_id)
         if hold.status == Hold.Status.SETTLED:
             raise HoldClosed("The hold is settled; it cannot be released.",
                              extra={"hold_status": hold.status})
         if hold.status != Hold.Status.RELEASED:
-            Hold.objects.filter(id=hold.id).update(status=Hold.Status.RELEASED, closed_at=now)
+            Hold.objects.filter(id=hold.id, account_id=account_id).update(
+                status=Hold.Status.RELEASED, closed_at=now)
             if hold.status == Hold.Status.OPEN:
                 Account.objects.filter(id=hold.account_id).update(
                     held_nanos=F("held_nanos") - hold.reserved_nanos,

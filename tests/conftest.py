@@ -24,6 +24,13 @@ def pytest_configure(config):
         raise pytest.UsageError("; ".join(problems) + " (see README.md: `make test`)")
 
 
+def pytest_sessionstart(session):
+    # A failing test's captured log lines are printed: scrubbed like the service's own.
+    from tests.ops.pytest_logs import scrub_pytest_log_reports
+
+    scrub_pytest_log_reports(session.config)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _services_reachable(django_db_blocker):
     import redis

@@ -183,12 +183,6 @@ def test_key_guessing_is_rate_limited_per_address(settings, figure):
                       "(Retry-After), the valid key too; another address unaffected")
 
 
-@pytest.mark.figure(12, tried="no secret in the logs of a full run")
-def test_no_secret_in_the_logs(figure):
-    figure.mark_pending("shown by branch ops (tests/ops/test_logs.py, log_audit.py), not on "
-                        "main yet")
-
-
 def test_unsigned_webhooks_write_nothing_without_stripe(client, settings, db):
     """(The signed variants are in tests/billing/test_webhooks.py.)"""
     settings.STRIPE_WEBHOOK_SECRET = "whsec_test_secret"

@@ -2,45 +2,25 @@
 signs in with password and authenticator code, finds an account, grants credit through
 the reason form (first with a mistake, shown next to the field), and finds the action in
 the audit log. Screenshots of each page at phone and desktop widths go to
-var/screenshots/console/."""
+var/screenshots/console/. The browser is pytest-playwright's, as for every browser test
+(tests/browser/conftest.py): one Playwright for the session."""
 
 import os
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from playwright.sync_api import sync_playwright
 
 from console.demo import totp_code_now
 from console.models import StaffAction
 from tests.console.support import staff_user
 from tests.runpath import customer_create
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(settings.BASE_DIR) / "var" / "screenshots" / "console"
 WIDTHS = {"phone": (375, 812), "desktop": (1280, 900)}
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    """A Chromium page for this test alone. Playwright runs an event loop on the test's
-    thread while it is up, which hides the test database's per-thread state from Django:
-    it is started after the database is set up and stopped before it is torn down."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
-    # The test's own ORM calls beside Playwright's loop are still synchronous ones.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync"])
-        try:
-            yield browser.new_page(viewport={"width": 1280, "height": 900})
-        finally:
-            browser.close()
 
 
 def shoot(page, name: str) -> None:
@@ -52,7 +32,8 @@ def shoot(page, name: str) -> None:
 
 
 def test_staff_sign_in_with_totp_grant_credit_with_a_reason_and_see_it_audited(
-        live_server, page):
+        live_server, page, screenshots):
+    # (`screenshots` empties var/screenshots/ once per session: before these are taken.)
     support = staff_user("support-browser@example.com", group="Support")
     device = support.totpdevice_set.get()
     customer = customer_create(purchased_usd=25)
