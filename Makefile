@@ -12,7 +12,7 @@ BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 BENCH_ARGS ?=
 
-.PHONY: setup run test lint bench worker beat lock
+.PHONY: setup run test prove lint bench worker beat lock
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,14 @@ test: setup
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 		LOG_FILE=$(abspath $(TEST_LOG)) $(BIN)/pytest
 	$(BIN)/python -m tests.ops.log_audit $(TEST_LOG)
+
+# The reliability and security figures (tests/prove/figures.py): only the figures' tests,
+# at full scale, then their table. `make prove PROVE_SCALE=ci` runs the counts CI runs
+# (`make test` runs those too, and prints the same table at its end).
+PROVE_SCALE ?= full
+prove: setup
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) PROVE_SCALE=$(PROVE_SCALE) \
+		$(BIN)/pytest -m prove -p no:cacheprovider
 
 # The run-path benchmark against its baseline, under gunicorn (bench/README.md); about
 # 4 minutes; results in bench/results/. E.g. `make bench BENCH_ARGS=--quick`.

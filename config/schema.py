@@ -48,10 +48,13 @@ ERROR_DESCRIPTIONS = {
          "the key may not do this.",
     404: "No such object (or not this account's).",
     405: "Method not allowed.",
-    409: "The hold is settled, released or expired.",
+    409: "Conflict: the hold is settled, released or expired; an Idempotency-Key was used "
+         "for another purchase (or its purchase is still being made); the account already "
+         "has a live subscription.",
     413: "The body is too large.",
     415: "The body is not JSON.",
     429: "Too many runs or requests: retry after Retry-After.",
+    502: "The payment provider refused or failed the call (`payment_provider_error`).",
     503: "A dependency is unreachable: retry after Retry-After (retries are safe).",
 }
 
@@ -60,6 +63,13 @@ CALL_ERRORS = [
     (re.compile(r"/internal/v1/authorize$"), {402, 403, 404, 429}),
     (re.compile(r"/internal/v1/holds/\{[^}]+\}/(settle|release|heartbeat)$"), {409}),
     (re.compile(r"/api/v1/(cards|purchases|auto-reload|auto-scale|subscription)"), {402, 403}),
+    (re.compile(r"/api/v1/"), {429}),  # too many invalid keys from one address
+    # Calls that reach Stripe: its refusals and failures.
+    (re.compile(r"/api/v1/(cards|purchases|subscription)"), {502}),
+    # A card_id not on the account; an Idempotency-Key reused or still in flight.
+    (re.compile(r"/api/v1/purchases$"), {404, 409}),
+    (re.compile(r"/api/v1/subscription$"), {404, 409}),  # none live; already subscribed
+    (re.compile(r"/api/v1/auto-reload$"), {404}),  # a card_id not on the account
     (re.compile(r"/internal/v1/accounts/\{[^}]+\}/purchases$"), {403}),
 ]
 
@@ -88,4 +98,40 @@ def error_responses_hook(result, generator, request, public):
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Error"}}},
                 })
+    return result
+
+
+# --- Links: what a response's ids lead to --------------------------------------------------
+# A client (and a stateful fuzzer) can follow an authorize's hold to its settle, release
+# and heartbeat, and a new account to its reads and keys.
+
+LINKS = [
+    # (operation answering, its status, field of its body, operation it leads to, parameter)
+    ("post", "/internal/v1/authorize", "200", "hold_id",
+     [("post", "/internal/v1/holds/{hold_id}/settle"),
+      ("post", "/internal/v1/holds/{hold_id}/release"),
+      ("post", "/internal/v1/holds/{hold_id}/heartbeat")]),
+    ("post", "/internal/v1/accounts", "201", "account_id",
+     [("get", "/internal/v1/accounts/{account_id}"),
+      ("post", "/internal/v1/accounts/{account_id}/api-keys"),
+      ("post", "/internal/v1/accounts/{account_id}/grants")]),
+]
+
+
+def links_hook(result, generator, request, public):
+    """drf-spectacular postprocessing: OpenAPI links from an id in a response to the calls
+    that take it in their path."""
+    paths = result.get("paths", {})
+    for method, path, status, field, targets in LINKS:
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        for target_method, target_path in targets:
+            target = paths.get(target_path, {}).get(target_method)
+            if target is None or "operationId" not in target:
+                continue
+            response.setdefault("links", {})[target["operationId"]] = {
+                "operationId": target["operationId"],
+                "parameters": {field: f"$response.body#/{field}"},
+            }
     return result

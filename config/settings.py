@@ -200,6 +200,11 @@ CELERY_BEAT_SCHEDULE["resume-stalled-payments"] = {
 }
 
 RATELIMIT_USE_CACHE = "default"
+# Invalid customer API keys one client address may present to /api/v1/ per minute before
+# every key it presents is refused with 429 for the rest of the minute (key guessing).
+CUSTOMER_KEY_GUESSES_PER_MINUTE = env_int("CUSTOMER_KEY_GUESSES_PER_MINUTE", 20)
+# Failed staff console sign-ins one address may make per minute (password or code wrong).
+STAFF_LOGIN_FAILURES_PER_MINUTE = env_int("STAFF_LOGIN_FAILURES_PER_MINUTE", 10)
 
 # --- Auth -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -265,6 +270,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "config.schema.error_responses_hook",
+        "config.schema.links_hook",
     ],
 }
 

@@ -10,6 +10,9 @@ from metering.selectors import books_discrepancies
 
 INTERNAL_TOKEN = "test-internal-token"
 
+# The reliability and security figures: their marker, fixture and table (make prove).
+pytest_plugins = ["tests.prove.plugin"]
+
 
 def pytest_configure(config):
     problems = []

@@ -110,6 +110,9 @@ def _worker_idle(worker) -> bool:
     return not any(active.values()) and not any(reserved.values())
 
 
+@pytest.mark.figure(7, tried="50 concurrent low-balance crossings, the reload task delivered "
+                    "again, a real Celery worker on localstripe", counts="1 charge at Stripe, "
+                    "1 purchase, 1 lot")
 @pytest.mark.slow
 def test_fifty_concurrent_crossings_with_the_task_redelivered_make_exactly_one_charge(
         make_customer, save_card, stripe_client, celery_worker_process):
@@ -166,6 +169,9 @@ def test_fifty_concurrent_crossings_with_the_task_redelivered_make_exactly_one_c
     ("30.00", True),   # exactly to the maximum
     ("29.99", False),  # one cent over it
 ])
+@pytest.mark.figure(7, tried="monthly maximum of $30.01, $30.00 and $29.99 with $10 "
+                    "reloads", counts="third reload made at and under the maximum, refused "
+                    "one cent over")
 def test_the_monthly_maximum_is_exact(make_customer, save_card, stripe_client, monthly_max,
                                       third_reload_made):
     # Given auto-reload of $10 with a monthly maximum around $30
@@ -210,6 +216,8 @@ def test_the_monthly_maximum_restarts_with_the_utc_calendar_month(make_customer,
     assert made == [True, True, False]
 
 
+@pytest.mark.figure(7, tried="auto-reload on a card declined on every charge",
+                    counts="no credit, no purchase, auto-reload paused, customer told")
 def test_a_declined_reload_adds_nothing_pauses_and_tells_the_customer(
         make_customer, save_card, mailoutbox, localstripe_url):
     # Given auto-reload on a card that saves but is declined on every charge

@@ -163,6 +163,8 @@ def account_with_expiring_lot():
     return account
 
 
+@pytest.mark.figure(8, tried="a lot spent 1 microsecond before its expiry",
+                    counts="all of it spendable")
 def test_credit_is_spendable_one_microsecond_before_its_expiry(account_with_expiring_lot):
     account = account_with_expiring_lot
 
@@ -175,6 +177,8 @@ def test_credit_is_spendable_one_microsecond_before_its_expiry(account_with_expi
     assert account.credit_valid_until == FAR_FUTURE
 
 
+@pytest.mark.figure(8, tried="a lot spent at and 1 microsecond after its expiry, no task "
+                    "run", counts="refused, nothing written; only live credit spent")
 @pytest.mark.parametrize("offset", [timedelta(0), US], ids=["at", "after"])
 def test_credit_is_not_spendable_at_or_after_its_expiry(account_with_expiring_lot, offset):
     account = account_with_expiring_lot

@@ -112,6 +112,8 @@ def world(make_customer, save_card, localstripe_url, payg_price):
 
 
 @pytest.mark.parametrize(("method", "route", "body"), MONEY_CALLS, ids=CALL_IDS)
+@pytest.mark.figure(12, tried="an inference key on every money call of /api/v1/",
+                    counts="each 403 insufficient_scope, nothing changed")
 def test_an_inference_key_is_refused_on_every_money_call_and_nothing_changes(
         world, settings, stripe_live, method, route, body):
     from rest_framework.test import APIClient

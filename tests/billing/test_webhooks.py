@@ -53,6 +53,7 @@ def _concurrently(calls):
 
 
 @pytest.mark.usefixtures("service_webhook_paused")
+@pytest.mark.figure(6, tried="the same delivery 20 times at once", counts="one grant")
 def test_the_same_webhook_delivered_twenty_times_at_once_grants_once(
         make_customer, save_card, stripe_client, stripe_live, service_webhook_url):
     # Given a purchase paid in the browser, whose success Stripe reports by webhook
@@ -106,6 +107,11 @@ def test_confirmation_racing_the_webhook_grants_once(
 
 
 @pytest.mark.usefixtures("service_webhook_paused")
+@pytest.mark.figure(6, tried="a genuine delivery forged (other secret), tampered (amount), "
+                    "stale (301 s), unsigned, garbage header",
+                    counts="5 refused 400 invalid_signature, nothing written; then genuine ok")
+@pytest.mark.figure(12, tried="webhook endpoint: unsigned, garbage, forged, tampered, stale",
+                    counts="all refused 400 invalid_signature, nothing written")
 def test_forged_tampered_and_stale_deliveries_are_refused_and_write_nothing(
         make_customer, save_card, stripe_client, stripe_live, service_webhook_url):
     # Given Stripe's genuine delivery of a payment's success

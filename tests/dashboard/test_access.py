@@ -13,6 +13,7 @@ from tests.support import account_state
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.figure(12, tried="dashboard: revoke or see another account's key by its id")
 def test_another_accounts_key_cannot_be_revoked_or_seen(customer, other_customer):
     url = f"/dashboard/keys/{other_customer.key_id}/revoke/"
     before = account_state(other_customer.account_id)
@@ -32,6 +33,7 @@ def test_a_key_id_that_is_not_a_key_is_not_found(customer):
     assert customer.client.get("/dashboard/keys/not-a-uuid/revoke/").status_code == 404
 
 
+@pytest.mark.figure(12, tried="dashboard: usage pages and CSV never show another account's rows")
 def test_usage_never_shows_another_accounts_rows(customer, other_customer):
     run_settled(customer, seconds=10)
     run_settled(other_customer, model_id=MODEL_CLOSED)
@@ -44,6 +46,7 @@ def test_usage_never_shows_another_accounts_rows(customer, other_customer):
     assert [r["kind"] for r in rows] == ["open"]
 
 
+@pytest.mark.figure(12, tried="dashboard: usage filtered by another account's key id")
 def test_filtering_usage_by_another_accounts_key_is_refused(customer, other_customer):
     run_settled(other_customer, seconds=10)
     foreign = {"key": str(other_customer.key_id)}

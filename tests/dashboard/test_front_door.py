@@ -99,6 +99,8 @@ def test_log_in_and_log_out(customer):
     assert client.get("/dashboard/")["Location"].startswith("/account/login/")
 
 
+@pytest.mark.figure(12, tried="dashboard log-in: 5 wrong passwords, then the right one",
+                    counts="throttled (allauth's limits): not signed in")
 def test_wrong_password_says_so_and_failed_logins_are_throttled(customer):
     client = Client()
     for _ in range(5):

@@ -406,6 +406,8 @@ def test_a_heartbeat_arriving_while_the_sweep_holds_its_locks_is_refused(by, own
 # --- Expired credit -------------------------------------------------------------------------
 
 
+@pytest.mark.figure(8, tried="authorize 1 microsecond before and at the only lot's "
+                    "expiry", counts="admitted before, 402 at the expiry, expiry recorded once")
 def test_expired_credit_is_never_spendable_even_before_the_expiry_task_runs():
     # Given an account whose only credit is its $1 free grant, expiring at T.
     expiry = T0
@@ -433,6 +435,8 @@ def test_expired_credit_is_never_spendable_even_before_the_expiry_task_runs():
                                             kind="expiry").count() == 1
 
 
+@pytest.mark.figure(8, tried="a hold that straddles its lot's expiry settles after it",
+                    counts="only the live lot pays, the rest owed, expired credit untouched")
 def test_a_settle_after_the_credit_expired_cannot_spend_it(anon_api):
     # Given a hold authorized just before the account's only lot expired at T, and a
     # second lot, granted later, expiring after T.

@@ -65,6 +65,9 @@ def test_a_missing_or_unusable_request_id_is_replaced_by_one_of_ours(client, db)
         assert answered != unusable and len(answered) == 32
 
 
+@pytest.mark.figure(12, tried="requests carrying keys, tokens, card data and signatures; "
+                    "their log lines searched", counts="no secret in the log (and `make test` "
+                    "audits the whole run's log after the table, tests/ops/log_audit.py)")
 def test_requests_with_secrets_leave_none_in_the_log(client, db, catalog, settings, log_lines):
     settings.STRIPE_SECRET_KEY = STRIPE_SECRET
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
@@ -192,6 +195,8 @@ def test_a_task_enqueued_by_a_request_logs_with_that_request_id(worker_logging_t
     assert all(line["task"] == "metering.tasks.holds_expire_for_account" for line in lines)
 
 
+@pytest.mark.figure(12, tried="the full run's log audit on a planted leak and a clean log",
+                    counts="the leak found, the clean log passed")
 def test_the_run_log_audit_finds_a_leak_and_passes_a_clean_log(tmp_path):
     from tests.ops.log_audit import audit
 
