@@ -4,6 +4,7 @@ from django import forms
 from django.utils import timezone
 
 from accounts.models import ApiKey
+from config.money import MAX_AMOUNT_NANOS, MoneyFormatError, nanos_to_usd, usd_to_nanos
 from dashboard.selectors import UsageFilter
 
 USAGE_MAX_DAYS = 366
@@ -58,3 +59,28 @@ class UsageFilterForm(forms.Form):
         return UsageFilter(start=data["start"], end=data["end"], model_id=data["model"],
                            api_key_id=data["key"] or None, kind=data["kind"],
                            group=data["group"] or "day")
+
+
+class KeySpendLimitForm(forms.Form):
+    """A key's spend limit: an amount in dollars per period; empty: no limit."""
+
+    limit_usd = forms.CharField(
+        label="Spend limit (USD)", required=False, strip=False, max_length=40,
+        help_text="Runs that would take the key past it are refused. Empty: no limit.")
+    period = forms.ChoiceField(
+        label="Per", initial=ApiKey.SpendPeriod.MONTH,
+        choices=[(ApiKey.SpendPeriod.DAY, "UTC day"), (ApiKey.SpendPeriod.WEEK, "ISO week"),
+                 (ApiKey.SpendPeriod.MONTH, "UTC month"),
+                 (ApiKey.SpendPeriod.TOTAL, "In total (never resets)")])
+
+    def clean_limit_usd(self) -> int | None:
+        text = self.cleaned_data["limit_usd"]
+        if text == "":
+            return None
+        try:
+            nanos = usd_to_nanos(text)
+        except MoneyFormatError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        if nanos > MAX_AMOUNT_NANOS:
+            raise forms.ValidationError(f"At most ${nanos_to_usd(MAX_AMOUNT_NANOS)}.")
+        return nanos

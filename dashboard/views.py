@@ -10,11 +10,12 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
+from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_revoke
 from config.money import nanos_to_usd
 from dashboard.access import customer_view
 from dashboard.charts import spend_chart
-from dashboard.forms import ApiKeyCreateForm, UsageFilterForm
+from dashboard.forms import ApiKeyCreateForm, KeySpendLimitForm, UsageFilterForm
 from dashboard.selectors import (
     api_key_of_account,
     api_keys_with_month_spend,
@@ -27,6 +28,7 @@ from dashboard.selectors import (
     usage_rows_iter,
     usage_totals,
 )
+from metering.key_limits import SpendLimitInvalid, api_key_spend_limit_set, key_spend_summary
 from metering.selectors import account_current
 
 USAGE_PAGE_SIZE = 50
@@ -96,6 +98,43 @@ def key_revoke(request, key_id):
         return redirect(reverse("dashboard:keys") + "?revoked=" + api_key.prefix)
     return render(request, "dashboard/key_revoke.html", {"key": api_key,
                                                          "nav_section": "dashboard:keys"})
+
+
+@require_http_methods(["GET", "POST"])
+@customer_view
+def key_limit(request, key_id):
+    """A key's spend limit: what it spent this period, when that resets, and the form."""
+    api_key = api_key_of_account(account_id=request.account.id, key_id=key_id)
+    if api_key is None:
+        raise Http404("No such key.")
+    status = 200
+    if request.method == "POST" and api_key.revoked_at is None:
+        form = KeySpendLimitForm(request.POST)
+        if form.is_valid():
+            limit = form.cleaned_data["limit_usd"]
+            try:
+                api_key_spend_limit_set(
+                    account_id=request.account.id, key_id=api_key.id, limit_nanos=limit,
+                    period=form.cleaned_data["period"] if limit is not None else None)
+            except SpendLimitInvalid as exc:
+                for field, reasons in exc.extra.get("fields", {}).items():
+                    form.add_error(SPEND_LIMIT_FIELDS.get(field), reasons)
+            else:
+                return redirect(reverse("dashboard:keys") + "?limit=" + api_key.prefix)
+        status = 400
+    else:
+        form = KeySpendLimitForm(initial={
+            "limit_usd": (nanos_to_usd(api_key.spend_limit_nanos).rstrip("0").rstrip(".")
+                          if api_key.spend_limit_nanos is not None else ""),
+            "period": api_key.spend_limit_period or ApiKey.SpendPeriod.MONTH})
+    summary = key_spend_summary(account_id=request.account.id, key_id=api_key.id)
+    return render(request, "dashboard/key_limit.html", {
+        "key": api_key, "summary": summary, "form": form,
+        "nav_section": "dashboard:keys"}, status=status)
+
+
+# The service's field names, as the form names them.
+SPEND_LIMIT_FIELDS = {"spend_limit_usd": "limit_usd", "spend_limit_period": "period"}
 
 
 def _usage_form(request) -> UsageFilterForm:

@@ -149,6 +149,7 @@ def test_screenshots_of_every_page_at_phone_and_desktop_widths(
                        for link in _nav()}
     signed_in_pages.update({
         "key_revoke": f"/dashboard/keys/{key_id}/revoke/",
+        "key_limit": f"/dashboard/keys/{key_id}/limit/",
         "usage_by_model": "/dashboard/usage/?group=model",
         "change_password": "/account/password/change/",
         "two_factor": "/account/2fa/",
