@@ -16,6 +16,7 @@ import pytest
 from django.core.cache import cache
 from django.db import connection, connections
 from django.db.models import Count, Sum
+from rest_framework.test import APIClient
 
 from accounts.models import Account
 from accounts.services import api_key_create
@@ -25,6 +26,7 @@ from billing.ledger import Book
 from billing.models import CreditLot, LedgerEntry, LedgerTransaction, LowBalanceEvent, Purchase
 from metering.catalog import catalog_caches_clear, model_upsert
 from metering.models import Hold, InferenceModel, UsageRecord
+from tests.conftest import INTERNAL_TOKEN
 
 USD = 10**9
 # Prices of the seeded size classes (DESIGN.md), in nano-dollars per second.
@@ -205,3 +207,11 @@ def eager_tasks():
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = previous
+
+
+def service_client(authorization: str | None = f"Bearer {INTERNAL_TOKEN}") -> APIClient:
+    """A client for /internal/v1/, with the service token unless told otherwise."""
+    client = APIClient()
+    if authorization is not None:
+        client.credentials(HTTP_AUTHORIZATION=authorization)
+    return client

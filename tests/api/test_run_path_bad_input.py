@@ -9,7 +9,6 @@ from http import HTTPStatus
 
 import pytest
 from django.core.cache import cache
-from rest_framework.test import APIClient
 
 from metering.authorize import hold_authorize
 from metering.settle import Usage, hold_settle
@@ -18,6 +17,7 @@ from tests.runpath import (
     MODEL_7B,
     MODEL_CLOSED_CHEAP,
     customer_create,
+    service_client,
     world_snapshot,
 )
 
@@ -67,13 +67,6 @@ def assert_contract_error(response, status: int, code: str, field: str | None = 
         assert field in body["fields"], body["fields"]
         assert all(isinstance(why, str) and why for why in body["fields"][field])
     return body
-
-
-def service_client(authorization: str | None = f"Bearer {INTERNAL_TOKEN}") -> APIClient:
-    client = APIClient()
-    if authorization is not None:
-        client.credentials(HTTP_AUTHORIZATION=authorization)
-    return client
 
 
 def post_raw(client, path, raw: str):

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create
@@ -20,7 +19,6 @@ from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
 from ratelimits.key_limits import period_start
 from ratelimits.models import KeySpend
-from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import (
     CONCURRENT_CONNECTIONS,
     MODEL_7B,
@@ -31,16 +29,11 @@ from tests.runpath import (
     customer_create,
     open_holds,
     run_in_threads,
+    service_client,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
-
-
-def service_client() -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
-    return client
 
 
 def key_limit_set(customer, *, limit_nanos: int, period: str = "month") -> None:

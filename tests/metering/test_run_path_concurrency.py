@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from rest_framework.test import APIClient
 
 from accounts.models import Account
 from billing.models import LedgerEntry, LedgerTransaction
@@ -19,7 +18,6 @@ from metering.models import Hold, UsageRecord
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
 from metering.tasks import holds_expire_due
-from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import (
     CONCURRENT_CONNECTIONS,
     MODEL_7B,
@@ -32,6 +30,7 @@ from tests.runpath import (
     customer_create,
     open_holds,
     run_in_threads,
+    service_client,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
@@ -39,12 +38,6 @@ pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
 
 INSUFFICIENT_402 = {"status": 402, "error": "Payment Required", "code": "insufficient_credits",
                     "message": "Insufficient credits. Please add credits to continue."}
-
-
-def service_client() -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
-    return client
 
 
 @pytest.mark.slow

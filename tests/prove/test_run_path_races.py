@@ -11,7 +11,6 @@ import pytest
 import time_machine
 from django.conf import settings as django_settings
 from django.db import connection
-from rest_framework.test import APIClient
 
 from accounts.models import Account
 from billing.models import LedgerTransaction
@@ -22,7 +21,6 @@ from metering.models import Hold, UsageRecord
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
 from metering.tasks import holds_expire_due
-from tests.conftest import INTERNAL_TOKEN
 from tests.metering.test_run_path_concurrency import SlotWatcher
 from tests.prove.figures import scaled
 from tests.runpath import (
@@ -37,16 +35,11 @@ from tests.runpath import (
     customer_create,
     open_holds,
     run_in_threads,
+    service_client,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]
-
-
-def service_client() -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
-    return client
 
 
 def percentile(values: list[float], fraction: float) -> float:
