@@ -35,6 +35,10 @@ RUN_PATH_OUTCOMES = Counter(
     "billing_run_path_outcomes", "Run-path answers by call and outcome: ok or the error "
     "code (authorize's decisions: ok, insufficient_credits, concurrency_limit, ...).",
     ["call", "outcome"])
+RUN_PATH_BATCH_SIZE = Histogram(
+    "billing_run_path_batch_size", "Items per run-path statement under group commit "
+    "(metering/group_commit.py), by call: 1 is a call alone.", ["call"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 SETTLE_CHARGES = Counter(
     "billing_settle_charges", "Settle answers that charged (a repeated settle of the same "
     "hold answers, and counts, again).")
@@ -67,6 +71,10 @@ def run_path_call_name(view_class: type) -> str:
 def run_path_observe(*, call: str, started: float, outcome: str) -> None:
     RUN_PATH_SECONDS.labels(call).observe(time.perf_counter() - started)
     RUN_PATH_OUTCOMES.labels(call, outcome).inc()
+
+
+def run_path_batch_observe(*, call: str, size: int) -> None:
+    RUN_PATH_BATCH_SIZE.labels(call).observe(size)
 
 
 def settle_charge_observe(charged_nanos: int) -> None:

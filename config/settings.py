@@ -323,6 +323,9 @@ OTP_TOTP_ISSUER = os.environ.get("OTP_TOTP_ISSUER", "Billing console")
 # --- Run path -----------------------------------------------------------------------------
 HOLD_LEASE = timedelta(seconds=env_int("HOLD_LEASE_SECONDS", 120))
 LATE_SETTLE_WINDOW = timedelta(seconds=env_int("LATE_SETTLE_WINDOW_SECONDS", 24 * 3600))
+# Group commit (metering/group_commit.py): authorizes, and settles, that arrive while one is
+# in flight share the next statement and its commit. PostgreSQL only.
+RUN_PATH_GROUP_COMMIT = env_bool("RUN_PATH_GROUP_COMMIT", True)
 CELERY_BEAT_SCHEDULE["expire-lapsed-holds"] = {
     "task": "metering.tasks.holds_expire_due",
     "schedule": timedelta(seconds=30),

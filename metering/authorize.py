@@ -24,7 +24,7 @@ from accounts.services import InvalidApiKey, api_key_touch
 from billing.errors import InsufficientCredit
 from config.api import ApplicationError
 from config.money import nanos_to_usd
-from metering import sql
+from metering import group_commit, sql
 from metering.auto_scale import auto_scale_purchase
 from metering.catalog import (
     KeyRef,
@@ -145,8 +145,9 @@ def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
 def _try_reserve(*, reservation: Reservation, now: datetime) -> Authorization | None:
     hold_id = uuid.uuid4()
     lease_expires_at = now + settings.HOLD_LEASE
-    row = sql.authorize_reserve(_reserve_params(reservation=reservation, hold_id=hold_id,
-                                                now=now, lease_expires_at=lease_expires_at))
+    # In a batch with other requests' when some are in flight (metering/group_commit.py).
+    row = group_commit.authorize_reserve(_reserve_params(
+        reservation=reservation, hold_id=hold_id, now=now, lease_expires_at=lease_expires_at))
     if row is None:
         return None
     balance, held, slots, max_params_b, concurrency, tier_name = row

@@ -20,7 +20,7 @@ from billing.ledger import Book, Leg, ledger_post
 from billing.ledger import Kind as LedgerKind
 from billing.low_balance import low_balance_event_dispatch, low_balance_record
 from billing.models import CreditLot
-from metering import sql
+from metering import group_commit, sql
 from metering.errors import HoldClosed, HoldNotFound, UsageMismatch
 from metering.holds import hold_id_parse
 from metering.models import Hold, InferenceModel, UsageRecord
@@ -176,7 +176,7 @@ def _hold_settle_postgresql(*, hold_id: UUID, usage: Usage, now: datetime) -> Se
                  if getattr(usage, name) is not None), None)
     (outcome, hold_status, charged, billed_seconds, unpaid, balance_after, available_after,
      low_balance_event_id, key_id, spend_period_start, key_spent, key_limit) = \
-        sql.settle_postgresql(
+        group_commit.settle_postgresql(  # in a batch when others are in flight
             hold_id=hold_id, now=now, late_window=settings.LATE_SETTLE_WINDOW,
             inference_seconds=usage.inference_seconds, load_seconds=usage.load_seconds,
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,

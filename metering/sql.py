@@ -229,3 +229,66 @@ def settle_postgresql(**params) -> tuple:
     with hot_cursor() as cursor:
         cursor.execute(SETTLE_CALL, {**params, "far_future": FAR_FUTURE})
         return cursor.fetchone()
+
+
+# Group commit (metering/group_commit.py): several items in one statement, one commit. The
+# functions are metering/group_commit_sql.py's; each item's answer is what its single
+# statement would have answered (a refusal or a request_id seen before: None).
+AUTHORIZE_ITEM_FIELDS = (
+    ("hold_id", "uuid"), ("account_id", "uuid"), ("key_id", "uuid"), ("model_id", "text"),
+    ("request_id", "text"), ("kind", "text"), ("byok", "boolean"), ("reserve", "bigint"),
+    ("weight", "integer"), ("class_params_b", "numeric"), ("nanos_per_second", "bigint"),
+    ("input_nanos_per_mtok", "bigint"), ("output_nanos_per_mtok", "bigint"),
+    ("nanos_per_image", "bigint"), ("nanos_per_request", "bigint"),
+    ("platform_fee_ppm", "integer"), ("byok_fee_nanos", "bigint"), ("now", "timestamptz"),
+    ("lease_expires_at", "timestamptz"), ("spend_limit", "bigint"),
+    ("spend_period", "text"), ("spend_period_start", "timestamptz"),
+)
+AUTHORIZE_BATCH_CALL = compact(f"""
+SELECT out_outcome, out_balance_nanos, out_held_nanos, out_slots_in_use,
+       out_tier_max_params_b, out_tier_concurrency, out_tier_name
+  FROM metering_authorize_batch({", ".join(f"%({name})s::{kind}[]"
+                                           for name, kind in AUTHORIZE_ITEM_FIELDS)})
+ ORDER BY out_ord
+""")
+
+
+def authorize_reserve_batch(items: list[dict]) -> list[tuple | None]:
+    """authorize_reserve for each item, in one statement (PostgreSQL, autocommit)."""
+    arrays = {name: [item.get(name) for item in items] for name, _ in AUTHORIZE_ITEM_FIELDS}
+    with hot_cursor() as cursor:
+        cursor.execute(AUTHORIZE_BATCH_CALL, arrays)
+        rows = cursor.fetchall()
+    if len(rows) != len(items):
+        raise RuntimeError(f"authorize batch of {len(items)} answered {len(rows)} rows")
+    return [tuple(row[1:]) if row[0] == "reserved" else None for row in rows]
+
+
+SETTLE_ITEM_FIELDS = ("hold_id", "now", "inference_seconds", "load_seconds", "input_tokens",
+                      "output_tokens", "provider_cost_nanos", "unit", "units")
+SETTLE_BATCH_CALL = compact("""
+SELECT out_outcome, out_hold_status, out_charged_nanos, out_billed_seconds, out_unpaid_nanos,
+       out_balance_after_nanos, out_available_after_nanos, out_low_balance_event_id,
+       out_key_id, out_spend_period_start, out_key_spent_nanos, out_key_limit_nanos
+  FROM metering_settle_batch(%(hold_id)s::uuid[], %(now)s::timestamptz[],
+    %(late_window)s::interval, %(inference_seconds)s::numeric[],
+    %(load_seconds)s::numeric[], %(input_tokens)s::bigint[], %(output_tokens)s::bigint[],
+    %(provider_cost_nanos)s::bigint[], %(far_future)s::timestamptz, %(unit)s::text[],
+    %(units)s::numeric[])
+ ORDER BY out_ord
+""")
+
+
+def settle_postgresql_batch(items: list[dict]) -> list[tuple]:
+    """settle_postgresql for each item (the same keyword arguments), in one statement."""
+    late_windows = {item["late_window"] for item in items}
+    if len(late_windows) != 1:
+        raise ValueError("a settle batch shares one late-settle window")
+    arrays = {name: [item[name] for item in items] for name in SETTLE_ITEM_FIELDS}
+    with hot_cursor() as cursor:
+        cursor.execute(SETTLE_BATCH_CALL, {**arrays, "late_window": late_windows.pop(),
+                                           "far_future": FAR_FUTURE})
+        rows = cursor.fetchall()
+    if len(rows) != len(items):
+        raise RuntimeError(f"settle batch of {len(items)} answered {len(rows)} rows")
+    return rows
