@@ -36,7 +36,7 @@ RUN_ALONE = object()
 
 
 class _Waiter:
-    __slots__ = ("params", "answer", "promoted", "ready")
+    __slots__ = ("answer", "params", "promoted", "ready")
 
     def __init__(self, params: dict) -> None:
         self.params = params
