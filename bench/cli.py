@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -234,6 +235,7 @@ def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: st
           authorized: bool) -> dict:
     if scenario != "get":
         accounts_fresh(ctx)
+    batches_before = batch_counts(ctx) if scenario != "get" else {}
     meter = ctx.cpu_meter()
     meter.start()
     run = loadgen.run(
@@ -264,7 +266,38 @@ def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: st
     time.sleep(0.5 if ctx.args.quick else 1.0)  # let the database's background work settle
     if scenario != "get":
         summary["left_open"] = accounts_left_open(ctx)
+        # Warm-up and unmeasured settles included.
+        summary["batches"] = batches_between(batches_before, batch_counts(ctx))
     return summary
+
+
+# Group commit's metric (metering/group_commit.py): statements run and items they carried.
+_BATCH_METRIC = re.compile(
+    r'^billing_run_path_batch_size_(sum|count)\{call="(\w+)"\} (\S+)$', re.MULTILINE)
+
+
+def batch_counts(ctx: Context) -> dict:
+    """{call: [statements, items]} so far, over all the server's processes."""
+    try:
+        text = provision.InternalClient(ctx.server.port, ctx.token).text("/metrics")
+    except OSError:
+        return {}
+    counts: dict = {}
+    for kind, call, value in _BATCH_METRIC.findall(text):
+        counts.setdefault(call, [0.0, 0.0])[0 if kind == "count" else 1] = float(value)
+    return counts
+
+
+def batches_between(before: dict, after: dict) -> dict:
+    """The run-path statements of a step, by call, and how many items each carried."""
+    batches = {}
+    for call, (statements, items) in after.items():
+        statements_before, items_before = before.get(call, (0.0, 0.0))
+        if statements > statements_before:
+            count, carried = statements - statements_before, items - items_before
+            batches[call] = {"statements": int(count), "items": int(carried),
+                             "items_per_statement": round(carried / count, 2)}
+    return batches
 
 
 def server_idle_wait(ctx: Context, limit: float = 120.0) -> float | None:

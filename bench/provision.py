@@ -41,6 +41,15 @@ class InternalClient:
             data = {"raw": raw[:200].decode(errors="replace")}
         return response.status, data
 
+    def text(self, path: str) -> str:
+        """GET a text page (the metrics) with the token."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}"})
+            return conn.getresponse().read().decode(errors="replace")
+        finally:
+            conn.close()
+
     def expect(self, method: str, path: str, body: dict | None, statuses: tuple[int, ...]):
         status, data = self.call(method, path, body)
         if status not in statuses:

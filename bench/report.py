@@ -134,10 +134,14 @@ def cost_line(step: dict) -> str:
     cpu, gen = step["cpu"], step["generator"]
     busy = step.get("server_busy_after_s") or step.get("server_busy_after")
     after = f"   server still busy {busy} s after it" if busy else ""
+    batches = step.get("batches") or {}
+    group_commit = "".join(f"\n      {call}: {b['items_per_statement']:.2f} items per statement "
+                           f"({b['items']} in {b['statements']})"
+                           for call, b in sorted(batches.items()))
     return (f"      cpu (cores): server {cpu['server_cores']:.2f}  postgres "
             f"{cpu['database_cores']:.2f}  redis {cpu['redis_cores']:.2f}  generator "
             f"{cpu['generator_cores']:.3f}  other {cpu['other_cores']:.2f}   "
-            f"generator late p99 {_ms(gen['late_p99_ms'])} ms{after}")
+            f"generator late p99 {_ms(gen['late_p99_ms'])} ms{after}{group_commit}")
 
 
 def print_report(results: dict) -> None:
