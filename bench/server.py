@@ -8,10 +8,12 @@ import http.client
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,10 +78,13 @@ class Server:
         self.port = free_port()
         self.token = token
         self.log_path = log_path
+        # Metrics as in production (deploy/gunicorn.conf.py): every worker's numbers in
+        # files here, so /metrics answers for the whole server (the steps' batch sizes).
+        self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
         self.env = dict(
             os.environ, DJANGO_DEBUG="0", DATABASE_URL=database_url, REDIS_URL=redis_url,
             BILLING_INTERNAL_TOKENS=token, DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", PROMETHEUS_MULTIPROC_DIR=self.metrics_dir,
         )
         self.process: subprocess.Popen | None = None
 
@@ -124,6 +129,12 @@ class Server:
         return ([self.process.pid] if self.process else []) + self.worker_pids()
 
     def stop(self) -> None:
+        try:
+            self._stop()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _stop(self) -> None:
         if not self.process or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
