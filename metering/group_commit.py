@@ -78,29 +78,30 @@ class GroupCommit:
             batch, self._queue = self._queue, []
         self.batch_sizes[len(batch)] += 1
         run_path_batch_observe(call=self.call, size=len(batch))
-        try:
-            if len(batch) == 1:
+        if len(batch) == 1:
+            try:
                 return self._run_one(own.params)
-            self._run_many(batch, own=own)
-        finally:
-            self._hand_over()
-        return self._answer(own)
-
-    def _run_many(self, batch: list[_Waiter], *, own: _Waiter) -> None:
+            finally:
+                self._hand_over()
+        answers = None
         try:
             answers = self._run_batch([waiter.params for waiter in batch])
-            for waiter, answer in zip(batch, answers, strict=True):
-                waiter.answer = answer
+            if len(answers) != len(batch):
+                raise RuntimeError(f"{len(answers)} answers for {len(batch)} items")
         except Exception:
+            answers = None
             self.batches_failed += 1
             logger.warning("run path %s batch of %d failed; its items run alone",
                            self.call, len(batch), exc_info=True)
-            for waiter in batch:
-                waiter.answer = RUN_ALONE
         finally:
-            for waiter in batch:
+            # The next batch first (its statement can be on its way while this one's
+            # callers take their answers), then this one's waiters, whatever happened.
+            self._hand_over()
+            for index, waiter in enumerate(batch):
+                waiter.answer = RUN_ALONE if answers is None else answers[index]
                 if waiter is not own:
                     waiter.ready.set()
+        return self._answer(own)
 
     def _hand_over(self) -> None:
         with self._lock:
