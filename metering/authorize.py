@@ -5,6 +5,9 @@ Authorize is TigerBeetle's pending transfer: one conditional statement reserves 
 slots and inserts the hold (metering/sql.py). Only when it refuses does the slow path run:
 lock the account, bring it up to date (record expired credit, recompute a stale tier,
 expire lapsed holds), then try the same statement again or name the reason.
+
+Authorizes that arrive while another is in flight share one statement and one commit
+(metering/group_commit.py); each is still decided alone, by the same rules.
 """
 
 import uuid

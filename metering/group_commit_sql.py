@@ -6,8 +6,8 @@ metering_authorize_batch applies, item by item, exactly the single authorize sta
 its text is generated here from theirs, each %(name)s placeholder becoming the item's
 variable v_name, so the rules live in one place. metering_settle_batch calls
 metering_settle (metering/settle_sql.py) for each item. Both take the account row locks in
-primary-key order before any other write (authorize: items sorted by account; settle: all
-the batch's accounts locked first), so two batches never wait on each other in a cycle.
+primary-key order (authorize: items taken in account order; settle: all the batch's
+accounts locked first), so two batches never wait on each other in a cycle.
 
 Migrations create both from this text (metering/0010); a change to the single statements
 they are built from needs a migration that runs CREATE again."""
@@ -18,8 +18,6 @@ from metering import sql
 
 AUTHORIZE_ITEM_FIELDS = sql.AUTHORIZE_ITEM_FIELDS
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-
-
 _FINAL_FROM = " FROM acct CROSS JOIN hold "
 _INTO = (" INTO v_balance_nanos, v_held_nanos, v_slots_in_use, v_tier_max_params_b,"
          " v_tier_concurrency, v_tier_name")
@@ -28,9 +26,11 @@ _INTO = (" INTO v_balance_nanos, v_held_nanos, v_slots_in_use, v_tier_max_params
 def _item_statement(statement: str) -> str:
     """A single authorize statement as a step of the batch: the item's variables for its
     placeholders, its answer INTO the function's variables."""
-    assert statement.count(_FINAL_FROM) == 1, "the answer's FROM is where INTO goes"
+    if statement.count(_FINAL_FROM) != 1:
+        raise ValueError("the statement's answer must come FROM acct CROSS JOIN hold, once")
     statement = statement.replace(_FINAL_FROM, _INTO + _FINAL_FROM)
     return _PLACEHOLDER.sub(lambda match: f"v_{match.group(1)}", statement)
+
 
 _ARGS_SEP, _DECLARE_SEP, _ASSIGN_SEP = ",\n    ", "\n    ", "\n        "
 
