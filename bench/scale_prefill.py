@@ -56,23 +56,31 @@ QUICK = Scale(accounts=1_000, usage=100_000, big_usage=20_000, closed_holds=10_0
               chunk=50_000)
 
 
+
+
+def _charges_of_first(k: str) -> str:
+    """SQL: what an account's first k runs charged in all. Run p (0-based) bills
+    1 + p % 10 seconds, so every ten runs bill 55."""
+    return (f"{NANOS_PER_SECOND} * (55 * (({k}) / 10)"
+            f" + (({k}) %% 10) * (({k}) %% 10 + 1) / 2)")
+
+
 # Per run n (1-based): its account a, its position p among that account's runs, and how
 # many runs the account has (cnt). Account 1 takes runs 1..big; the others round-robin.
-RUN_COLUMNS = """
+RUN_COLUMNS = f"""
     SELECT n, a, p, cnt,
            md5('hold-' || n)::uuid AS hold_id,
            md5('acct-' || a)::uuid AS account_id,
            md5('key-' || a)::uuid AS api_key_id,
            md5('lot-' || a)::uuid AS lot_id,
            1 + p %% 10 AS billed_seconds,
-           (1 + p %% 10) * {nps} AS charge,
+           (1 + p %% 10) * {NANOS_PER_SECOND} AS charge,
            -- what the account had left after this run: its purchase minus the charges so
            -- far (the charges repeat 1..10 seconds: a closed form of their running sum)
-           {spare} + {nps} * (55 * (cnt / 10) + (cnt %% 10) * (cnt %% 10 + 1) / 2)
-             - {nps} * (55 * ((p + 1) / 10) + ((p + 1) %% 10) * ((p + 1) %% 10 + 1) / 2)
+           {SPARE_NANOS} + {_charges_of_first("cnt")} - {_charges_of_first("p + 1")}
              AS balance_after,
-           %(t_end)s::timestamptz - make_interval(secs => {year})
-             + make_interval(secs => (p + 1)::float8 * {year} / (cnt + 1)) AS at
+           %(t_end)s::timestamptz - make_interval(secs => {YEAR_S})
+             + make_interval(secs => (p + 1)::float8 * {YEAR_S} / (cnt + 1)) AS at
       FROM (SELECT n, a, p,
                    CASE WHEN a = 1 THEN %(big)s::bigint
                         ELSE (%(other)s::bigint - (a - 2) + (%(accounts)s::bigint - 2))
@@ -85,17 +93,17 @@ RUN_COLUMNS = """
                                 ELSE (n - %(big)s - 1) / (%(accounts)s::bigint - 1)
                            END AS p
                       FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS n) AS g) AS r
-""".format(nps=NANOS_PER_SECOND, spare=SPARE_NANOS, year=YEAR_S)
+"""
 
 # Per account a: its runs (cnt) and their total charge (the closed form of RUN_COLUMNS).
-ACCOUNT_COLUMNS = """
+ACCOUNT_COLUMNS = f"""
     SELECT a, md5('acct-' || a)::uuid AS account_id, md5('lot-' || a)::uuid AS lot_id,
-           {spare} + {nps} * (55 * (cnt / 10) + (cnt %% 10) * (cnt %% 10 + 1) / 2) AS amount
+           {SPARE_NANOS} + {_charges_of_first("cnt")} AS amount
       FROM (SELECT a, CASE WHEN a = 1 THEN %(big)s::bigint
                            ELSE (%(other)s::bigint - (a - 2) + (%(accounts)s::bigint - 2))
                                 / (%(accounts)s::bigint - 1) END AS cnt
               FROM generate_series(1, %(accounts)s::bigint) AS a) AS s
-""".format(nps=NANOS_PER_SECOND, spare=SPARE_NANOS)
+"""
 
 ACCOUNTS_SQL = [
     f"""INSERT INTO metering_inferencemodel (id, kind, params_b, provider, created_at,
@@ -148,8 +156,9 @@ RUNS_SQL = [
             account_id, api_key_id, model_id, available_after_nanos, balance_after_nanos,
             billed_seconds, unpaid_nanos, spend_period_start)
         SELECT hold_id, 'scale-' || n, 'open', false, 'settled', {RESERVED_NANOS}, 1,
-               {NANOS_PER_SECOND}, NULL, NULL, 0, 0, at - make_interval(secs => billed_seconds::float8),
-               at + interval '5 minutes', at, charge, account_id, api_key_id, '{MODEL}',
+               {NANOS_PER_SECOND}, NULL, NULL, 0, 0,
+               at - make_interval(secs => billed_seconds::float8), at + interval '5 minutes', at,
+               charge, account_id, api_key_id, '{MODEL}',
                balance_after, balance_after, billed_seconds, 0, NULL
           FROM ({RUN_COLUMNS}) AS r""",
     f"""INSERT INTO metering_usagerecord (id, kind, byok, inference_seconds, load_seconds,
