@@ -30,9 +30,14 @@ def ledger_unbalanced_transactions() -> Iterator[str]:
 
 def ledger_lot_mismatches() -> Iterator[str]:
     """Each lot's remaining credit equals the sum of its customer_credit legs."""
-    ledger_by_lot = dict(
+    return lot_mismatches(ledger_by_lot=dict(
         LedgerEntry.objects.filter(book=Book.CUSTOMER_CREDIT).values_list("lot_id")
-        .annotate(total=Sum("amount_nanos")).values_list("lot_id", "total"))
+        .annotate(total=Sum("amount_nanos")).values_list("lot_id", "total")))
+
+
+def lot_mismatches(*, ledger_by_lot: dict) -> Iterator[str]:
+    """The lots against their customer_credit legs' sums, {lot_id: total}."""
+    ledger_by_lot = dict(ledger_by_lot)
     for lot_id, remaining in CreditLot.objects.values_list("id", "remaining_nanos"):
         in_ledger = ledger_by_lot.pop(lot_id, 0)
         if in_ledger != remaining:
@@ -51,6 +56,11 @@ def ledger_account_mismatches() -> Iterator[str]:
         .values_list("account_id", "book", "total")
     ):
         books[(account_id, book)] = total
+    return account_mismatches(books=books)
+
+
+def account_mismatches(*, books: dict) -> Iterator[str]:
+    """The accounts against their customer books' sums, {(account_id, book): total}."""
     lots = dict(CreditLot.objects.values_list("account_id")
                 .annotate(total=Sum("remaining_nanos")).values_list("account_id", "total"))
     first_expiry = dict(CreditLot.objects.filter(remaining_nanos__gt=0).values_list("account_id")
