@@ -33,11 +33,7 @@ from django.db import connection, transaction
 
 from billing.ledger import Book
 from billing.models import LedgerCheckpoint, LedgerRewrite
-from billing.selectors import (
-    account_mismatches,
-    ledger_discrepancies,
-    lot_mismatches,
-)
+from billing.selectors import account_expiry_mismatches, ledger_discrepancies
 
 CUSTOMER_BOOKS = (Book.CUSTOMER_CREDIT, Book.CUSTOMER_RECEIVABLE)
 LOCK_KEY = 0x1ED6E5C4  # pg_advisory_lock key: one check at a time moves the checkpoint
@@ -145,40 +141,83 @@ def _run(*, full: bool, now: datetime, in_flight_wait_s: float) -> LedgerCheckRe
         result.problems.extend(_unbalanced(cursor, after_txn=after_txn,
                                            after_entry=after_entry, result=result))
 
-        # The customer books: the checkpoint's sums, plus the entries since (up to the
-        # horizon: `final`, kept in the new checkpoint; above it: counted, not kept).
-        books: dict = {}
-        by_lot: dict = {}
-        if not full:
-            cursor.execute("SELECT account_id, book, lot_id, total_nanos"
-                           " FROM billing_ledgercheckpointsum")
-            for account_id, book, lot_id, total in cursor.fetchall():
-                _add(books, by_lot, account_id, book, lot_id, total)
+        # The customer books: the checkpoint's sums plus the entries since (up to the
+        # horizon: `final`, kept in the new checkpoint; above it: counted, not kept),
+        # compared in the database, which returns only what differs.
         cursor.execute(
-            "SELECT account_id, book, lot_id, id <= %s AS final, sum(amount_nanos), count(*)"
+            "CREATE TEMPORARY TABLE ledger_check_new ON COMMIT DROP AS"
+            " SELECT account_id, book, lot_id, id <= %s AS final,"
+            "        sum(amount_nanos) AS total, count(*) AS entries"
             " FROM billing_ledgerentry WHERE id > %s AND book = ANY(%s)"
             " GROUP BY account_id, book, lot_id, id <= %s",
             [horizon_entry, after_entry, list(CUSTOMER_BOOKS), horizon_entry])
-        final_rows = []
-        for account_id, book, lot_id, final, total, count in cursor.fetchall():
-            _add(books, by_lot, account_id, book, lot_id, total)
-            result.entries_read += count
-            if final:
-                final_rows.append((account_id, book, lot_id, total))
-        result.problems.extend(lot_mismatches(ledger_by_lot=by_lot))
-        result.problems.extend(account_mismatches(books=books))
+        cursor.execute("SELECT coalesce(sum(entries), 0) FROM ledger_check_new")
+        result.entries_read = int(cursor.fetchone()[0])
+        result.problems.extend(_lot_mismatches(cursor, incremental=not full))
+        result.problems.extend(_account_mismatches(cursor, incremental=not full))
+        result.problems.extend(account_expiry_mismatches())
 
         if not result.problems and settled:
-            _checkpoint_move(cursor, full=full, rows=final_rows, horizon_txn=horizon_txn,
+            _checkpoint_move(cursor, full=full, horizon_txn=horizon_txn,
                              horizon_entry=horizon_entry, rewrites=rewrites, now=now)
             result.checkpoint_after = horizon_txn
+        cursor.execute("DROP TABLE ledger_check_new")
     return result
 
 
-def _add(books: dict, by_lot: dict, account_id, book: str, lot_id, total: int) -> None:
-    books[(account_id, book)] = books.get((account_id, book), 0) + total
-    if book == Book.CUSTOMER_CREDIT:
-        by_lot[lot_id] = by_lot.get(lot_id, 0) + total
+def _sums(*, incremental: bool) -> str:
+    """SQL: the customer books' sums per account, book and lot, now."""
+    checkpoint = (" UNION ALL SELECT account_id, book, lot_id, total_nanos"
+                  " FROM billing_ledgercheckpointsum") if incremental else ""
+    return ("SELECT account_id, book, lot_id, sum(total) AS total FROM ("
+            "SELECT account_id, book, lot_id, total FROM ledger_check_new"
+            f"{checkpoint}) AS parts GROUP BY account_id, book, lot_id")
+
+
+def _lot_mismatches(cursor, *, incremental: bool) -> list[str]:
+    """Each lot's remaining credit equals the sum of its customer_credit legs."""
+    cursor.execute(
+        f"WITH sums AS ({_sums(incremental=incremental)}),"
+        " by_lot AS (SELECT lot_id, sum(total) AS total FROM sums"
+        "            WHERE book = %s GROUP BY lot_id)"
+        " SELECT coalesce(l.id, s.lot_id), l.id IS NULL, l.remaining_nanos,"
+        "        coalesce(s.total, 0)"
+        " FROM billing_creditlot l FULL JOIN by_lot s ON s.lot_id = l.id"
+        " WHERE l.id IS NULL OR l.remaining_nanos <> coalesce(s.total, 0)",
+        [Book.CUSTOMER_CREDIT])
+    return [f"ledger credit legs name lot {lot_id}, which does not exist ({in_ledger})"
+            if missing else f"lot {lot_id}: remaining {remaining} but ledger says {in_ledger}"
+            for lot_id, missing, remaining, in_ledger in cursor.fetchall()]
+
+
+def _account_mismatches(cursor, *, incremental: bool) -> list[str]:
+    """Per account: ledger credit book == sum of lots' remaining == working balance, and
+    the receivable book == -receivable (the messages of billing.selectors')."""
+    cursor.execute(
+        f"WITH sums AS ({_sums(incremental=incremental)}),"
+        " books AS (SELECT account_id, sum(total) FILTER (WHERE book = %s) AS credit,"
+        "                  sum(total) FILTER (WHERE book = %s) AS receivable"
+        "           FROM sums GROUP BY account_id),"
+        " lots AS (SELECT account_id, sum(remaining_nanos) AS total FROM billing_creditlot"
+        "          GROUP BY account_id)"
+        " SELECT a.id, a.balance_nanos, a.receivable_nanos, coalesce(b.credit, 0),"
+        "        coalesce(l.total, 0), -coalesce(b.receivable, 0)"
+        " FROM accounts_account a LEFT JOIN books b ON b.account_id = a.id"
+        " LEFT JOIN lots l ON l.account_id = a.id"
+        " WHERE coalesce(b.credit, 0) <> a.balance_nanos"
+        "    OR coalesce(l.total, 0) <> a.balance_nanos"
+        "    OR -coalesce(b.receivable, 0) <> a.receivable_nanos",
+        [Book.CUSTOMER_CREDIT, Book.CUSTOMER_RECEIVABLE])
+    problems = []
+    for account_id, balance, receivable, credit, lot_credit, ledger_receivable in \
+            cursor.fetchall():
+        if not credit == lot_credit == balance:
+            problems.append(f"account {account_id}: ledger credit {credit}, lots {lot_credit},"
+                            f" working balance {balance}")
+        if ledger_receivable != receivable:
+            problems.append(f"account {account_id}: ledger receivable {ledger_receivable}, "
+                            f"working receivable {receivable}")
+    return problems
 
 
 def _unbalanced(cursor, *, after_txn: int, after_entry: int, result: LedgerCheckResult):
@@ -208,18 +247,15 @@ def _unbalanced(cursor, *, after_txn: int, after_entry: int, result: LedgerCheck
     return problems
 
 
-def _checkpoint_move(cursor, *, full: bool, rows: list, horizon_txn: int, horizon_entry: int,
+def _checkpoint_move(cursor, *, full: bool, horizon_txn: int, horizon_entry: int,
                      rewrites: int, now: datetime) -> None:
     if full:
         cursor.execute("DELETE FROM billing_ledgercheckpointsum")
-    if rows:
-        accounts, books, lots, totals = (list(column) for column in zip(*rows, strict=True))
-        cursor.execute(
-            "INSERT INTO billing_ledgercheckpointsum (account_id, book, lot_id, total_nanos)"
-            " SELECT * FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::bigint[])"
-            " ON CONFLICT ON CONSTRAINT ledger_checkpoint_sum_unique DO UPDATE"
-            " SET total_nanos = billing_ledgercheckpointsum.total_nanos"
-            "   + EXCLUDED.total_nanos", [accounts, books, lots, totals])
+    cursor.execute(
+        "INSERT INTO billing_ledgercheckpointsum (account_id, book, lot_id, total_nanos)"
+        " SELECT account_id, book, lot_id, total FROM ledger_check_new WHERE final"
+        " ON CONFLICT ON CONSTRAINT ledger_checkpoint_sum_unique DO UPDATE"
+        " SET total_nanos = billing_ledgercheckpointsum.total_nanos + EXCLUDED.total_nanos")
     cursor.execute(
         "INSERT INTO billing_ledgercheckpoint (id, through_transaction_id, through_entry_id,"
         " rewrites_seen, checked_at, full_checked_at) VALUES (1, %s, %s, %s, %s, %s)"

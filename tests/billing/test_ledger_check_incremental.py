@@ -166,7 +166,7 @@ def test_the_command_says_which_check_it_ran(checked, capsys):
     assert out.count("the books agree") == 2
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_posting_still_in_flight_is_never_passed_by_the_checkpoint():
     # Given two accounts and a full check that passed
     account, other = AccountFactory(), AccountFactory()
