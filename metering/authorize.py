@@ -7,6 +7,8 @@ lock the account, bring it up to date (record expired credit, recompute a stale 
 expire lapsed holds), then try the same statement again or name the reason.
 """
 
+import secrets
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -142,8 +144,19 @@ def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
     return params
 
 
+def hold_id_new() -> UUID:
+    """A time-ordered UUID (version 7, RFC 9562: milliseconds since the epoch, then 74
+    random bits). Holds and usage records are keyed by it: new keys land at the end of
+    their indexes instead of on a random page of a table of millions of runs, so an
+    authorize or settle touches the same few index pages however large the tables grow."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10))
+    value = value & ~(0xF << 76) | 0x7 << 76   # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62   # the RFC variant
+    return uuid.UUID(int=value)
+
+
 def _try_reserve(*, reservation: Reservation, now: datetime) -> Authorization | None:
-    hold_id = uuid.uuid4()
+    hold_id = hold_id_new()
     lease_expires_at = now + settings.HOLD_LEASE
     row = sql.authorize_reserve(_reserve_params(reservation=reservation, hold_id=hold_id,
                                                 now=now, lease_expires_at=lease_expires_at))
