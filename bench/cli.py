@@ -7,6 +7,7 @@ this build has the run path, pairs, authorize alone and settle alone; check that
 left open and that the books balance; print and write the results."""
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -459,37 +460,51 @@ def benchmark(ctx: Context) -> dict:
     return results
 
 
-def scale_service_steps(ctx: Context) -> dict:
-    """Pairs, authorize alone and settle alone at the first offered rate and at maximum."""
-    args = ctx.args
-    rate = args.rates[0]
-    service: dict = {}
-    for scenario, key, name in (("pair", "pairs", "pairs"), ("authorize", "authorize",
-                                "authorize alone"), ("settle", "settle", "settle alone")):
-        service[key] = {
-            str(rate): step(ctx, f"{name} at {rate}/s", scenario=scenario, rate=rate,
-                            duration=args.duration),
-            "max": step(ctx, f"{name} max", scenario=scenario, duration=args.max_duration)}
+SCALE_STEPS = (("pair", "pairs", "pairs"), ("authorize", "authorize", "authorize alone"),
+               ("settle", "settle", "settle alone"))
+
+
+def scale_service_steps(contexts: dict[str, Context]) -> dict:
+    """Pairs, authorize alone and settle alone at the first offered rate and at maximum,
+    each step on every database in turn (so that someone else's burst of load is shared
+    out, not landed on one database's steps)."""
+    service: dict = {name: {} for name in contexts}
+    for scenario, key, label in SCALE_STEPS:
+        for step_key in ("rate", "max"):
+            for name, ctx in contexts.items():
+                args = ctx.args
+                rate = args.rates[0]
+                if step_key == "rate":
+                    result = step(ctx, f"{label} at {rate}/s ({name})", scenario=scenario,
+                                  rate=rate, duration=args.duration)
+                else:
+                    result = step(ctx, f"{label} max ({name})", scenario=scenario,
+                                  duration=args.max_duration)
+                service[name].setdefault(key, {})[
+                    str(rate) if step_key == "rate" else "max"] = result
     return service
 
 
-def scale_database_steps(args, database_url: str, *, binary: Path, tag: str) -> dict:
-    """The scale step's service steps on one database, under a server of their own."""
-    db_args = argparse.Namespace(**{**vars(args), "database_url": database_url})
-    with psycopg.connect(database_url, autocommit=True) as monitor:
-        ctx = Context(args=db_args, binary=binary, tag=tag, token=secrets.token_urlsafe(24),
-                      monitor=monitor)
-        server = server_start(ctx, args.server)
-        try:
+def scale_databases_steps(args, databases: dict[str, str], *, binary: Path, tag: str) -> dict:
+    """The scale step's service steps, each database under a server of its own (started
+    together; the one not being measured is idle)."""
+    with contextlib.ExitStack() as stack:
+        contexts: dict[str, Context] = {}
+        for name, database_url in databases.items():
+            db_args = argparse.Namespace(**{**vars(args), "database_url": database_url})
+            monitor = stack.enter_context(psycopg.connect(database_url, autocommit=True))
+            ctx = Context(args=db_args, binary=binary, tag=f"{tag}-{name}",
+                          token=secrets.token_urlsafe(24), monitor=monitor)
+            server = server_start(ctx, args.server)
+            stack.callback(server.stop)
             skipped = accounts_provision(ctx)
             if skipped:
-                return {"skipped": skipped}
+                return {name: {"skipped": skipped} for name in databases}
             tier_slots = ctx.accounts[0].tier_concurrency
             if tier_slots and db_args.segment > tier_slots * 3 // 4:
                 db_args.segment = max(1, tier_slots * 3 // 4)
-            return scale_service_steps(ctx)
-        finally:
-            server.stop()
+            contexts[name] = ctx
+        return scale_service_steps(contexts)
 
 
 def scale_benchmark(args, stamp: str, binary: Path) -> dict:
@@ -509,13 +524,12 @@ def scale_benchmark(args, stamp: str, binary: Path) -> dict:
     prefilled_env = dict(service_env(args), DATABASE_URL=prefilled_url)
     print("ledger_check --full on the prefilled database ...", flush=True)
     results["ledger_check_full"] = scale.ledger_check_timed(prefilled_env, "--full")
-    tag = f"{stamp}-{secrets.token_hex(2)}"
-    print(f"Service on the empty database ({args.database_url})", flush=True)
-    results["empty"] = scale_database_steps(args, args.database_url, binary=binary,
-                                            tag=f"{tag}-empty")
-    print(f"Service on the prefilled database ({prefilled_url})", flush=True)
-    results["prefilled"] = scale_database_steps(args, prefilled_url, binary=binary,
-                                                tag=f"{tag}-prefilled")
+    print(f"Service: each step on the empty database ({args.database_url}), then on the "
+          f"prefilled one ({prefilled_url})", flush=True)
+    service = scale_databases_steps(
+        args, {"empty": args.database_url, "prefilled": prefilled_url}, binary=binary,
+        tag=f"{stamp}-{secrets.token_hex(2)}")
+    results["empty"], results["prefilled"] = service["empty"], service["prefilled"]
     print("ledger_check from its checkpoint, after the steps' postings ...", flush=True)
     results["ledger_check_incremental"] = scale.ledger_check_timed(prefilled_env)
     print("Dashboard: overview and a year's CSV export ...", flush=True)

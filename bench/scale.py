@@ -14,9 +14,9 @@ import re
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import report, scale_prefill
 from bench.server import ROOT
@@ -30,9 +30,14 @@ def scale_database_url(args) -> str:
     with `_scale` (`_scale_quick` for --quick, so that the two never replace each other)."""
     if args.scale_database_url:
         return args.scale_database_url
-    name = conninfo_to_dict(args.database_url)["dbname"]
-    return make_conninfo(args.database_url,
-                         dbname=f"{name}_scale{'_quick' if args.quick else ''}")
+    return database_url_renamed(args.database_url, suffix="_scale_quick" if args.quick
+                                else "_scale")
+
+
+def database_url_renamed(database_url: str, *, suffix: str) -> str:
+    """The same server's URL for the database named like this one's + `suffix`."""
+    parts = urlsplit(database_url)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}{suffix}"))
 
 
 def database_size(database_url: str) -> dict:

@@ -10,9 +10,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import loadgen, report
+from bench.scale import database_url_renamed
 from bench.server import ROOT
 from bench.stats import (
     KIND_AUTHORIZE,
@@ -121,7 +121,7 @@ def test_load_generator_sends_on_a_fixed_schedule(tmp_path):
 
 def _database_url(name: str) -> str:
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/billing"
-    return make_conninfo(base, dbname=f"{conninfo_to_dict(base)['dbname']}_{name}")
+    return database_url_renamed(base, suffix=f"_{name}")
 
 
 @pytest.mark.slow
