@@ -7,8 +7,9 @@ ledger was verified, and LedgerCheckpointSum holds the customer books' sums up t
 - verifies every transaction posted since, and every older one that got a new entry
   since, sums to zero and has entries;
 - compares checkpoint + new entries with every lot's remaining credit and every account's
-  balance, receivable and credit expiry (billing/selectors.py, as the full check does:
-  a change to the working state behind the ledger's back is found whenever it happened);
+  balance, receivable and credit expiry (the rules and messages of billing/selectors.py's
+  full check, in SQL that returns only the differences): a change to the working state
+  behind the ledger's back is found whenever it happened;
 - when it found nothing, moves the checkpoint up to the new horizon.
 
 Its time grows with the new postings and the number of accounts and lots, not with the
