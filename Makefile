@@ -11,8 +11,11 @@ DEV_TOKEN ?= dev-internal-token
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 BENCH_ARGS ?=
+# The scale step's prefilled database (kept between runs; empty: BENCH_DATABASE_URL's name
+# + _scale, or _scale_quick with BENCH_ARGS=--quick).
+BENCH_SCALE_DATABASE_URL ?=
 
-.PHONY: setup run test prove lint bench worker beat lock
+.PHONY: setup run test prove lint bench bench-scale worker beat lock
 
 setup: $(VENV)/.installed
 
@@ -72,6 +75,15 @@ prove: setup
 # 4 minutes; results in bench/results/. E.g. `make bench BENCH_ARGS=--quick`.
 bench: setup
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh $(BENCH_ARGS)
+
+# The scale step (bench/README.md, "Scale"): the same service steps on the empty database
+# and on one prefilled with 100,000 accounts and 10 million usage records (filled once,
+# 15-40 minutes, then kept), the dashboard and ledger_check on it. BENCH_ARGS=--quick: 1,000
+# accounts and 100,000 usage records.
+bench-scale: setup
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh --scale \
+		$(if $(BENCH_SCALE_DATABASE_URL),--scale-database-url $(BENCH_SCALE_DATABASE_URL)) \
+		$(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ this build has the run path, pairs, authorize alone and settle alone; check that
 left open and that the books balance; print and write the results."""
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import loadgen, pg_baseline, provision, report, stats
+from bench import loadgen, pg_baseline, provision, report, scale, stats
 from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
@@ -54,11 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"gunicorn workers: sync:N or gthread:NxT (default {DEFAULT_SERVER})")
     parser.add_argument("--rates", default="500,1000",
                         help="offered pairs/s, comma-separated (default 500,1000)")
-    parser.add_argument("--duration", type=float, default=10.0,
+    parser.add_argument("--duration", type=float,
                         help="measured seconds of each fixed-rate step (default 10)")
-    parser.add_argument("--max-duration", type=float, default=5.0,
+    parser.add_argument("--max-duration", type=float,
                         help="measured seconds of each max-throughput step (default 5)")
-    parser.add_argument("--warmup", type=float, default=1.0,
+    parser.add_argument("--warmup", type=float,
                         help="unmeasured seconds before each step (default 1)")
     parser.add_argument("--concurrency", type=int, default=16,
                         help="requests in flight in the max-throughput steps (default 16)")
@@ -78,13 +79,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"(default: {','.join(COMPARE_SERVERS)})")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --compare-servers: rounds of all set-ups (default 2)")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale step instead of the benchmark: the service steps on the "
+                             "empty database and on a prefilled one (100,000 accounts, 10 million "
+                             "usage records; --quick: 1,000 and 100,000), the dashboard and "
+                             "ledger_check on the prefilled one (bench/README.md, Scale)")
+    parser.add_argument("--scale-database-url",
+                        help="with --scale: the prefilled database, kept between runs (default: "
+                             "the benchmark database's name + _scale, or _scale_quick)")
     parser.add_argument("--output", type=Path, help="results file (default "
                         "bench/results/<timestamp>.json)")
     args = parser.parse_args(argv)
     args.rates = sorted({int(r) for r in args.rates.split(",") if r.strip()})
-    if args.quick:
-        args.duration = args.max_duration = 2.0
-        args.warmup = 0.5
+    # --quick shortens the steps that were not given a length of their own.
+    for name, default, quick in (("duration", 10.0, 2.0), ("max_duration", 5.0, 2.0),
+                                 ("warmup", 1.0, 0.5)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
     return args
 
 
@@ -164,8 +175,13 @@ def service_env(args) -> dict:
 
 
 def migrate(args) -> None:
+    migrate_database(args.database_url, args)
+
+
+def migrate_database(database_url: str, args) -> None:
+    env = dict(service_env(args), DATABASE_URL=database_url)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT,
-                   env=service_env(args), check=True)
+                   env=env, check=True)
 
 
 def server_start(ctx: Context, config: ServerConfig) -> Server:
@@ -477,6 +493,91 @@ def benchmark(ctx: Context) -> dict:
     return results
 
 
+SCALE_STEPS = (("pair", "pairs", "pairs"), ("authorize", "authorize", "authorize alone"),
+               ("settle", "settle", "settle alone"))
+
+
+def scale_service_steps(contexts: dict[str, Context]) -> dict:
+    """Pairs, authorize alone and settle alone at the first offered rate and at maximum,
+    each step on every database in turn (so that someone else's burst of load is shared
+    out, not landed on one database's steps)."""
+    service: dict = {name: {} for name in contexts}
+    for scenario, key, label in SCALE_STEPS:
+        for step_key in ("rate", "max"):
+            for name, ctx in contexts.items():
+                args = ctx.args
+                rate = args.rates[0]
+                if step_key == "rate":
+                    result = step(ctx, f"{label} at {rate}/s ({name})", scenario=scenario,
+                                  rate=rate, duration=args.duration)
+                else:
+                    result = step(ctx, f"{label} max ({name})", scenario=scenario,
+                                  duration=args.max_duration)
+                service[name].setdefault(key, {})[
+                    str(rate) if step_key == "rate" else "max"] = result
+    return service
+
+
+def scale_databases_steps(args, databases: dict[str, str], *, binary: Path, tag: str) -> dict:
+    """The scale step's service steps, each database under a server of its own (started
+    together; the one not being measured is idle)."""
+    with contextlib.ExitStack() as stack:
+        contexts: dict[str, Context] = {}
+        for name, database_url in databases.items():
+            db_args = argparse.Namespace(**{**vars(args), "database_url": database_url})
+            monitor = stack.enter_context(psycopg.connect(database_url, autocommit=True))
+            ctx = Context(args=db_args, binary=binary, tag=f"{tag}-{name}",
+                          token=secrets.token_urlsafe(24), monitor=monitor)
+            server = server_start(ctx, args.server)
+            stack.callback(server.stop)
+            skipped = accounts_provision(ctx)
+            if skipped:
+                return {name: {"skipped": skipped} for name in databases}
+            tier_slots = ctx.accounts[0].tier_concurrency
+            if tier_slots and db_args.segment > tier_slots * 3 // 4:
+                db_args.segment = max(1, tier_slots * 3 // 4)
+            contexts[name] = ctx
+        return scale_service_steps(contexts)
+
+
+def scale_benchmark(args, stamp: str, binary: Path) -> dict:
+    prefilled_url = scale.scale_database_url(args)
+    results: dict = {"mode": "scale",
+                     "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "machine": machine_info(),
+                     "config": {"server": args.server.name, "rate": args.rates[0],
+                                "duration_s": args.duration, "max_duration_s": args.max_duration,
+                                "empty_database_url": args.database_url,
+                                "prefilled_database_url": prefilled_url, "quick": args.quick},
+                     "notes": []}
+    results["prefill"] = scale.prefill_ensure(
+        args, prefilled_url, database_ensure=database_ensure,
+        migrate=lambda url: migrate_database(url, args))
+    results["database_size"] = scale.database_size(prefilled_url)
+    prefilled_env = dict(service_env(args), DATABASE_URL=prefilled_url)
+    print("ledger_check --full on the prefilled database ...", flush=True)
+    results["ledger_check_full"] = scale.ledger_check_timed(prefilled_env, "--full")
+    print(f"Service: each step on the empty database ({args.database_url}), then on the "
+          f"prefilled one ({prefilled_url})", flush=True)
+    service = scale_databases_steps(
+        args, {"empty": args.database_url, "prefilled": prefilled_url}, binary=binary,
+        tag=f"{stamp}-{secrets.token_hex(2)}")
+    results["empty"], results["prefilled"] = service["empty"], service["prefilled"]
+    print("ledger_check from its checkpoint, after the steps' postings ...", flush=True)
+    results["ledger_check_incremental"] = scale.ledger_check_timed(prefilled_env)
+    print("Dashboard: overview and a year's CSV export ...", flush=True)
+    results["dashboard"] = scale.dashboard_measure(prefilled_env)
+    results["comparison"] = scale.compare(results["empty"], results["prefilled"],
+                                          args.rates[0])
+    results["notes"] += noise_notes({"baseline": {}, "service": {
+        "empty": results["empty"], "prefilled": results["prefilled"]}})
+    for key in ("ledger_check_full", "ledger_check_incremental"):
+        if results[key]["exit_code"] != 0:
+            results["notes"].append(f"{key} found differences: see the results file")
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return results
+
+
 # (key, label, scenario, offered rate or 0 for the maximum, path)
 COMPARE_STEPS = (
     ("empty_view_1000", "empty view at 1000/s", "get", 1000, "/healthz"),
@@ -574,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     output = args.output or RESULTS_DIR / (
-        f"{stamp}-servers.json" if args.compare_servers else f"{stamp}.json")
+        f"{stamp}-servers.json" if args.compare_servers
+        else f"{stamp}-scale.json" if args.scale else f"{stamp}.json")
     print(f"Database {args.database_url}, Redis {args.redis_url}", flush=True)
     database_ensure(args.database_url, fresh=not args.keep_database)
     migrate(args)
@@ -586,12 +688,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_servers:
             configs = [ServerConfig.parse(c) for c in args.compare_servers.split(",")]
             results = compare_servers(ctx, configs)
+        elif args.scale:
+            results = scale_benchmark(args, stamp, ctx.binary)
         else:
             results = benchmark(ctx)
     output.parent.mkdir(parents=True, exist_ok=True)
     results["output_path"] = str(output)
     output.write_text(json.dumps(results, indent=2) + "\n")
     if args.compare_servers:
+        print(f"Results: {output}")
+    elif args.scale:
+        scale.print_scale_report(results)
         print(f"Results: {output}")
     else:
         report.print_report(results)

@@ -193,6 +193,62 @@ class LedgerEntry(models.Model):
         return f"{self.book} {self.amount_nanos:+d}"
 
 
+class LedgerCheckpoint(models.Model):
+    """How far `ledger_check` has verified the ledger (one row): every transaction and entry
+    up to these ids balanced, and the customer books' sums up to them are in
+    LedgerCheckpointSum. The next check reads only what was posted after, and compares
+    checkpoint + new with the lots and balances (billing/ledger_check.py)."""
+
+    through_transaction_id = models.BigIntegerField()
+    through_entry_id = models.BigIntegerField()
+    # The last LedgerRewrite the check had seen: a later one sends it back to the start.
+    rewrites_seen = models.BigIntegerField(default=0)
+    checked_at = models.DateTimeField()
+    full_checked_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1),
+                                              name="ledger_checkpoint_single_row")]
+
+    def __str__(self) -> str:
+        return f"ledger checked through transaction {self.through_transaction_id}"
+
+
+class LedgerCheckpointSum(models.Model):
+    """A customer book's sum up to the checkpoint, per account and lot (credit has one row
+    per lot, the receivable one per account with no lot)."""
+
+    account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, related_name="+",
+                                db_index=False)
+    book = models.CharField(max_length=24, choices=LedgerEntry.Book.choices)
+    lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, null=True, related_name="+",
+                            db_index=False)
+    total_nanos = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "book", "lot"],
+                                               nulls_distinct=False,
+                                               name="ledger_checkpoint_sum_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.book} of {self.account_id} (lot {self.lot_id}): {self.total_nanos}"
+
+
+class LedgerRewrite(models.Model):
+    """An UPDATE or DELETE that reached a ledger table: the append-only triggers refuse
+    them, so one only happens with triggers switched off (session_replication_role =
+    replica, a restore, a repair). Recorded by a trigger that fires even then; the next
+    `ledger_check` verifies the whole ledger again instead of only what is new."""
+
+    table_name = models.CharField(max_length=64)
+    operation = models.CharField(max_length=16)
+    role = models.CharField(max_length=64)
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.operation} on {self.table_name} at {self.at}"
+
+
 class LowBalanceEvent(models.Model):
     """The balance crossed below the auto-reload threshold: written in the same
     transaction as the charge or expiry that crossed it, acted on by auto-reload."""

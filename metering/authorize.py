@@ -10,6 +10,8 @@ Authorizes that arrive while another is in flight share one statement and one co
 (metering/group_commit.py); each is still decided alone, by the same rules.
 """
 
+import secrets
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -145,8 +147,19 @@ def _reserve_params(*, reservation: Reservation, hold_id: UUID, now: datetime,
     return params
 
 
+def hold_id_new() -> UUID:
+    """A time-ordered UUID (version 7, RFC 9562: milliseconds since the epoch, then 74
+    random bits). Holds and usage records are keyed by it: new keys land at the end of
+    their indexes instead of on a random page of a table of millions of runs, so an
+    authorize or settle touches the same few index pages however large the tables grow."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(secrets.token_bytes(10))
+    value = value & ~(0xF << 76) | 0x7 << 76   # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62   # the RFC variant
+    return uuid.UUID(int=value)
+
+
 def _try_reserve(*, reservation: Reservation, now: datetime) -> Authorization | None:
-    hold_id = uuid.uuid4()
+    hold_id = hold_id_new()
     lease_expires_at = now + settings.HOLD_LEASE
     # In a batch with other requests' when some are in flight (metering/group_commit.py).
     row = group_commit.authorize_reserve(_reserve_params(

@@ -187,6 +187,11 @@ class Hold(models.Model):
         indexes = [
             models.Index(fields=["lease_expires_at"], condition=models.Q(status="open"),
                          name="hold_open_sweep_idx"),
+            # ledger_check's key spend check reads only the holds that count against a
+            # spend limit (a key without one adds nothing to this index).
+            models.Index(fields=["api_key", "spend_period_start"],
+                         condition=models.Q(spend_period_start__isnull=False),
+                         name="hold_key_spend_idx"),
         ]
 
     def __str__(self) -> str:

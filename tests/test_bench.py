@@ -1,13 +1,19 @@
 """The benchmark's own arithmetic and schedule (no timing assertions: the benchmark is
 never part of the tests; these check that what it reports is computed right)."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from bench import loadgen, report
+from bench.scale import database_url_renamed
+from bench.server import ROOT
 from bench.stats import (
     KIND_AUTHORIZE,
     KIND_SETTLE,
@@ -111,3 +117,55 @@ def test_load_generator_sends_on_a_fixed_schedule(tmp_path):
     assert [r.measured for r in in_order] == [False] * 10 + [True] * 10
     assert {r.status for r in run.records} == {200}
     assert run.summary["requests_sent"] == 20
+
+
+def _database_url(name: str) -> str:
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/billing"
+    return database_url_renamed(base, suffix=f"_{name}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler")
+def test_the_scale_step_reports_its_figures(tmp_path):
+    # Given the benchmark's scale step at its small size, with short steps, on databases of
+    # its own (the prefilled one is kept between runs, as the step keeps it)
+    output = tmp_path / "scale.json"
+    env = {**os.environ, "DJANGO_DEBUG": "0"}
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    # When it runs
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--scale", "--quick", "--rates", "100",
+         "--duration", "0.5", "--max-duration", "0.5", "--warmup", "0.2",
+         "--database-url", _database_url("bench_empty"),
+         "--scale-database-url", _database_url("bench_scale_quick"),
+         "--output", str(output)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(output.read_text())
+
+    # Then it says how the prefilled database was made and how big it is
+    assert results["prefill"]["scale"]["usage"] == 100_000
+    assert results["database_size"]["bytes"] > 0
+    # every compared figure was measured on both databases, with a verdict
+    assert len(results["comparison"]) == 9
+    for row in results["comparison"]:
+        assert row["empty"] and row["prefilled"] and row["ratio"], row
+        assert row["met"] in (True, False)
+    # the dashboard served the heavy account's overview and a year's CSV, streamed, with
+    # no sequential scan of a table that grows with usage
+    dashboard = results["dashboard"]
+    assert dashboard["account_usage_records"] == 20_000
+    assert dashboard["overview"]["status"] == 200
+    assert dashboard["overview"]["growing_table_scans"] == []
+    csv_by_day = dashboard["csv_year_by_day"]
+    assert (csv_by_day["status"], csv_by_day["streamed"]) == (200, True)
+    assert csv_by_day["csv_lines"] > 300  # a line a day, and the header
+    assert csv_by_day["growing_table_scans"] == []
+    # and ledger_check passed in full, then from its checkpoint after the steps' postings
+    assert results["ledger_check_full"]["exit_code"] == 0
+    assert "full (asked for a full check)" in results["ledger_check_full"]["output_tail"]
+    incremental = results["ledger_check_incremental"]
+    assert incremental["exit_code"] == 0, incremental["output_tail"]
+    assert "incremental (from the checkpoint" in incremental["output_tail"]
+    assert incremental["check_seconds"] is not None
+    assert "Scale: prefilled database against the empty one" in done.stdout
