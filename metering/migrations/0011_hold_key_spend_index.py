@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0006_apikey_spend_limit'),
-        ('metering', '0009_settle_units_key_spend'),
+        ('metering', '0010_group_commit_batches'),
     ]
 
     operations = [
