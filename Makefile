@@ -12,7 +12,7 @@ BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/billing_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/3
 BENCH_ARGS ?=
 
-.PHONY: setup run test prove lint bench worker beat lock
+.PHONY: setup run test prove lint bench bench-profile worker beat lock
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,10 @@ prove: setup
 # 4 minutes; results in bench/results/. E.g. `make bench BENCH_ARGS=--quick`.
 bench: setup
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh $(BENCH_ARGS)
+
+# Where the time of one authorize + settle pair goes (bench/profiler.py).
+bench-profile: setup
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh --profile $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,7 +24,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import loadgen, pg_baseline, provision, report, stats
+from bench import loadgen, pg_baseline, profiler, provision, report, stats
 from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"(default: {','.join(COMPARE_SERVERS)})")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --compare-servers: rounds of all set-ups (default 2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark, where the time of one authorize + "
+                        "settle pair goes, server and database side (bench/profiler.py)")
+    parser.add_argument("--profile-pairs", type=int, default=2000,
+                        help="with --profile: pairs per measurement (default 2000)")
     parser.add_argument("--output", type=Path, help="results file (default "
                         "bench/results/<timestamp>.json)")
     args = parser.parse_args(argv)
@@ -541,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     output = args.output or RESULTS_DIR / (
-        f"{stamp}-servers.json" if args.compare_servers else f"{stamp}.json")
+        f"{stamp}-servers.json" if args.compare_servers
+        else f"{stamp}-profile.json" if args.profile else f"{stamp}.json")
     print(f"Database {args.database_url}, Redis {args.redis_url}", flush=True)
     database_ensure(args.database_url, fresh=not args.keep_database)
     migrate(args)
@@ -550,7 +556,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args=args, binary=loadgen.build(Path(workdir)),
                       tag=f"{stamp}-{secrets.token_hex(2)}",
                       token=secrets.token_urlsafe(24), monitor=monitor)
-        if args.compare_servers:
+        if args.profile:
+            results = profiler.run(
+                ctx, pairs=args.profile_pairs, service_env=service_env(args),
+                server_config=ServerConfig.parse("gthread:1x1"), server_start=server_start,
+                step=step, accounts_provision=accounts_provision)
+        elif args.compare_servers:
             configs = [ServerConfig.parse(c) for c in args.compare_servers.split(",")]
             results = compare_servers(ctx, configs)
         else:
@@ -558,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     results["output_path"] = str(output)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    if args.compare_servers:
+    if args.compare_servers or args.profile:
         print(f"Results: {output}")
     else:
         report.print_report(results)
