@@ -53,6 +53,8 @@ CATEGORIES = (
      ("metering/catalog.py", "config/caching.py", "accounts/services.py:api_key_hash",
       "hashlib", "_hashlib", "openssl_sha256")),
     ("pricing", ("metering/pricing.py", "metering/units.py", "decimal", "fractions")),
+    ("thread-locals (django.db.connection proxy, urlconf: asgiref Local)",
+     ("asgiref/local.py", "django/utils/connection.py", "get_running_loop")),
     ("SQL client (psycopg execute/fetch, Django db layer)",
      ("psycopg", "django/db/", "metering/sql.py", "_psycopg", "socket", "select",
       "selectors.py")),
@@ -107,8 +109,10 @@ def _category_of(func: tuple) -> str | None:
     return OTHER if filename != "~" else None
 
 
-def attribute(stats: pstats.Stats) -> tuple[dict[str, float], dict[str, list]]:
-    """Self time per category, and each category's largest functions; pass-through
+def attribute(stats: pstats.Stats) -> tuple[dict[str, float], dict[str, float],
+                                            dict[str, list]]:
+    """Self time and function calls per category, and each category's largest functions
+    (calls do not depend on how busy the machine is; time does); pass-through
     functions take their callers' categories, in proportion to the time each caller spent
     calling them."""
     raw = stats.stats  # func -> (cc, nc, tt, ct, callers{caller: (cc, nc, tt, ct)})
@@ -136,13 +140,15 @@ def attribute(stats: pstats.Stats) -> tuple[dict[str, float], dict[str, list]]:
         return result
 
     totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, float] = defaultdict(float)
     members: dict[str, list] = defaultdict(list)
-    for func, (_, _, tt, _, _) in raw.items():
+    for func, (_, nc, tt, _, _) in raw.items():
         for name, share in shares(func).items():
             totals[name] += tt * share
+            calls[name] += nc * share
             members[name].append((tt * share, _label(func)))
-    return dict(totals), {name: sorted(items, reverse=True)[:8]
-                          for name, items in members.items()}
+    return dict(totals), dict(calls), {name: sorted(items, reverse=True)[:8]
+                                       for name, items in members.items()}
 
 
 # --- the in-process worker (a child process with Django set up) ---------------------------
@@ -211,6 +217,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--explain-pairs", type=int, default=200)
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--dump", help="also write the profile (pstats) to this file")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -264,8 +271,10 @@ def worker_main(argv: list[str]) -> None:
     for _ in range(args.pairs):
         pair()
     profiler.disable()
+    if args.dump:
+        profiler.dump_stats(args.dump)
     stats = pstats.Stats(profiler)
-    categories, members = attribute(stats)
+    categories, calls, members = attribute(stats)
     top = sorted(((tt, _label(func)) for func, (_, _, tt, _, _) in stats.stats.items()),
                  reverse=True)[:40]
 
@@ -319,6 +328,8 @@ def worker_main(argv: list[str]) -> None:
                       "backend_cpu_us": db_cpu * 1e6, "wal_per_pair": wal,
                       "categories_profiled_s": categories,
                       "profiled_cpu_us": sum(categories.values()) * 1e6 / args.pairs,
+                      "calls_per_pair": {name: count / args.pairs
+                                         for name, count in calls.items()},
                       "category_functions": {
                           name: [[round(tt * 1e6 / args.pairs, 1), label]
                                  for tt, label in items]
@@ -332,7 +343,7 @@ def worker_main(argv: list[str]) -> None:
 
 
 def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step,
-        accounts_provision) -> dict:
+        accounts_provision, dump: str | None = None) -> dict:
     """Both measurements; returns the tables (also printed)."""
     print(f"Starting gunicorn ({server_config.name}) ...", flush=True)
     server = server_start(ctx, server_config)
@@ -362,7 +373,7 @@ def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step
     child = subprocess.run(
         [sys.executable, "-m", "bench.profiler", "--worker", "--api-key", account.api_key,
          "--token", ctx.token, "--model", provision.BENCH_MODEL, "--pairs", str(pairs),
-         "--tag", f"{ctx.tag}-profile"],
+         "--tag", f"{ctx.tag}-profile", *(["--dump", dump] if dump else [])],
         cwd=ROOT, env=dict(service_env, BILLING_INTERNAL_TOKENS=ctx.token,
                            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost"),
         capture_output=True, text=True)
@@ -396,10 +407,14 @@ def print_tables(result: dict) -> None:
           f"gunicorn (in-process app: {inproc['app_cpu_us']:.0f} us; empty view under "
           f"gunicorn: {result['gunicorn_empty_view_cpu_us_per_request']} us a request; "
           f"other cores during the step: {result['gunicorn_other_cores']})")
-    print("| server side, one pair | us | share |\n|---|---:|---:|")
+    calls = inproc.get("calls_per_pair", {})
+    print("| server side, one pair | us | share | Python calls |\n|---|---:|---:|---:|")
     for name, us in result["server_rows"]:
-        print(f"| {name} | {us:.0f} | {100 * us / total:.0f}% |")
-    print(f"| total | {total:.0f} | 100% |")
+        count = calls.get(name)
+        print(f"| {name} | {us:.0f} | {100 * us / total:.0f}% | "
+              f"{'' if count is None else f'{count:.0f}'} |")
+    print(f"| total | {total:.0f} | 100% | "
+          f"{sum(c for n, c in calls.items() if n != DRIVER):.0f} |")
     print("")
     wal = inproc["wal_per_pair"]
     print(f"Database per pair: backend CPU {inproc['backend_cpu_us']:.0f} us in-process "
