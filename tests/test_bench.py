@@ -4,10 +4,11 @@ never part of the tests; these check that what it reports is computed right)."""
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
-from bench import loadgen, report
+from bench import loadgen, profiler, report
 from bench.stats import (
     KIND_AUTHORIZE,
     KIND_SETTLE,
@@ -158,3 +159,22 @@ def test_load_generator_sends_on_a_fixed_schedule(tmp_path):
     assert [r.measured for r in in_order] == [False] * 10 + [True] * 10
     assert {r.status for r in run.records} == {200}
     assert run.summary["requests_sent"] == 20
+
+
+def test_profile_attributes_a_builtin_to_its_callers_categories():
+    # given a profile: pydantic and psycopg code, and a builtin both of them call
+    pydantic = ("/venv/site-packages/pydantic/main.py", 1, "model_validate_json")
+    psycopg = ("/venv/site-packages/psycopg/cursor.py", 1, "execute")
+    builtin = ("~", 0, "<built-in method builtins.getattr>")
+    stats = SimpleNamespace(stats={
+        pydantic: (1, 1, 1.0, 4.0, {}),
+        psycopg: (1, 1, 3.0, 3.5, {}),
+        builtin: (4, 4, 2.0, 2.0, {pydantic: (3, 3, 1.5, 1.5), psycopg: (1, 1, 0.5, 0.5)}),
+    })
+    # when its self time is attributed to categories
+    seconds, calls, _ = profiler.attribute(stats)
+    # then the builtin's time is split in proportion to each caller's share of it
+    json_in = next(name for name in seconds if name.startswith("JSON in"))
+    sql = next(name for name in seconds if name.startswith("SQL client"))
+    assert seconds == {json_in: 2.5, sql: 3.5}
+    assert calls == {json_in: 4.0, sql: 2.0}
