@@ -30,9 +30,10 @@ from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
 # Chosen with --compare-servers on the 2-core machine (bench/README.md, "Which gunicorn
-# workers"): kept-alive connections, the shortest tails at fixed rates, the least CPU per
-# empty-view request and the most pairs per second.
-DEFAULT_SERVER = "gthread:2x4"
+# workers"): kept-alive connections, and one process more than cores, so that both cores
+# stay busy while a process's threads wait on PostgreSQL or on its GIL; the most pairs per
+# second of the gunicorn set-ups (on a shared, noisy machine).
+DEFAULT_SERVER = "gthread:3x4"
 COMPARE_SERVERS = ("gthread:2x4", "gthread:2x2", "gthread:2x8", "gthread:3x2", "gthread:3x4",
                    "gthread:4x4", "granian:2x4", "granian:3x4")
 RESULTS_DIR = ROOT / "bench" / "results"
