@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 # + _scale, or _scale_quick with BENCH_ARGS=--quick).
 BENCH_SCALE_DATABASE_URL ?=
 
-.PHONY: setup run test prove lint bench bench-scale worker beat lock
+.PHONY: setup run test prove lint bench bench-scale bench-profile worker beat lock
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,10 @@ bench-scale: setup
 	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh --scale \
 		$(if $(BENCH_SCALE_DATABASE_URL),--scale-database-url $(BENCH_SCALE_DATABASE_URL)) \
 		$(BENCH_ARGS)
+
+# Where the time of one authorize + settle pair goes (bench/profiler.py).
+bench-profile: setup
+	DATABASE_URL=$(BENCH_DATABASE_URL) REDIS_URL=$(BENCH_REDIS_URL) bench/run.sh --profile $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -26,16 +26,18 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import loadgen, pg_baseline, provision, report, scale, stats
+from bench import loadgen, pg_baseline, profiler, provision, report, scale, stats
 from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
 # Chosen with --compare-servers on the 2-core machine (bench/README.md, "Which gunicorn
-# workers"): kept-alive connections, the shortest tails at fixed rates, the least CPU per
-# empty-view request and the most pairs per second.
-DEFAULT_SERVER = "gthread:2x4"
-COMPARE_SERVERS = ("sync:2", "sync:4", "sync:8", "gthread:2x4", "gthread:2x8", "gthread:4x4")
+# workers"): kept-alive connections, and one process more than cores, so that both cores
+# stay busy while a process's threads wait on PostgreSQL or on its GIL; the most pairs per
+# second of the gunicorn set-ups (on a shared, noisy machine).
+DEFAULT_SERVER = "gthread:3x4"
+COMPARE_SERVERS = ("gthread:2x4", "gthread:2x2", "gthread:2x8", "gthread:3x2", "gthread:3x4",
+                   "gthread:4x4", "granian:2x4", "granian:3x4")
 RESULTS_DIR = ROOT / "bench" / "results"
 NOISE_CORES = 0.3  # CPU used by processes outside the benchmark above which a step is noisy
 
@@ -53,8 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
     parser.add_argument("--server", type=ServerConfig.parse, default=DEFAULT_SERVER,
                         help=f"gunicorn workers: sync:N or gthread:NxT (default {DEFAULT_SERVER})")
-    parser.add_argument("--rates", default="500,1000",
-                        help="offered pairs/s, comma-separated (default 500,1000)")
+    parser.add_argument("--rates", default="500,1000,1500",
+                        help="offered pairs/s, comma-separated (default 500,1000,1500: the "
+                             "targets' rates and the stretch)")
     parser.add_argument("--duration", type=float,
                         help="measured seconds of each fixed-rate step (default 10)")
     parser.add_argument("--max-duration", type=float,
@@ -87,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-database-url",
                         help="with --scale: the prefilled database, kept between runs (default: "
                              "the benchmark database's name + _scale, or _scale_quick)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the benchmark, where the time of one authorize + "
+                        "settle pair goes, server and database side (bench/profiler.py)")
+    parser.add_argument("--profile-pairs", type=int, default=2000,
+                        help="with --profile: pairs per measurement (default 2000)")
+    parser.add_argument("--profile-dump", metavar="FILE",
+                        help="with --profile: also write cProfile's stats there (pstats)")
     parser.add_argument("--output", type=Path, help="results file (default "
                         "bench/results/<timestamp>.json)")
     args = parser.parse_args(argv)
@@ -582,11 +592,13 @@ def scale_benchmark(args, stamp: str, binary: Path) -> dict:
 COMPARE_STEPS = (
     ("empty_view_1000", "empty view at 1000/s", "get", 1000, "/healthz"),
     ("empty_view_max", "empty view max", "get", 0, "/healthz"),
-    ("account_read_100", "account read at 100/s", "get", 100, "account"),
     ("account_read_max", "account read max", "get", 0, "account"),
-    ("pairs_100", "pairs at 100 pairs/s", "pair", 100, ""),
+    ("pairs_500", "pairs at 500 pairs/s", "pair", 500, ""),
     ("pairs_max", "pairs max", "pair", 0, ""),
+    ("authorize_max", "authorize alone max", "authorize", 0, ""),
 )
+COMPARE_TITLES = ("healthz@1000", "healthz max", "read max", "pairs@500", "pairs max",
+                  "authorize max")
 
 
 def compare_servers(ctx: Context, configs: list[ServerConfig]) -> dict:
@@ -602,7 +614,7 @@ def compare_servers(ctx: Context, configs: list[ServerConfig]) -> dict:
     run_path = False
     for round_no in range(args.rounds):
         for config in configs[round_no % len(configs):] + configs[:round_no % len(configs)]:
-            print(f"gunicorn {config.name} (round {round_no + 1} of {args.rounds})", flush=True)
+            print(f"server {config.name} (round {round_no + 1} of {args.rounds})", flush=True)
             server_start(ctx, config)
             try:
                 if not ctx.accounts:
@@ -610,7 +622,7 @@ def compare_servers(ctx: Context, configs: list[ServerConfig]) -> dict:
                 account_path = f"/internal/v1/accounts/{ctx.accounts[0].account_id}"
                 row = {}
                 for key, label, scenario, rate, path in COMPARE_STEPS:
-                    if scenario == "pair" and not run_path:
+                    if scenario in ("pair", "authorize") and not run_path:
                         continue
                     row[key] = step(ctx, label, scenario=scenario, rate=rate,
                                     duration=duration if rate else args.max_duration,
@@ -632,7 +644,7 @@ def _compare_best(rows: list[dict]) -> dict:
         steps = [row[key] for row in rows if key in row and "error" not in row[key]]
         if not steps:
             continue
-        kind = "pairs" if scenario == "pair" else "requests"
+        kind = {"pair": "pairs", "get": "requests"}.get(scenario, scenario)
         answered = [s for s in steps if s[kind]["latency"]["count"]]
         cpu = sorted((s["cpu"]["server_us_per_request"] or 0)
                      + (s["cpu"]["database_us_per_request"] or 0) for s in steps)
@@ -642,6 +654,8 @@ def _compare_best(rows: list[dict]) -> dict:
             "achieved_rate": max((s[kind]["achieved_rate"] or 0 for s in steps), default=0),
             "errors": [s[kind]["errors"] for s in steps],
             "server_and_db_us_per_request": cpu[len(cpu) // 2],
+            "server_cores": [s["cpu"]["server_cores"] for s in steps],
+            "database_cores": [s["cpu"]["database_cores"] for s in steps],
             "other_cores": [s["cpu"]["other_cores"] for s in steps],
         }
     return best
@@ -652,8 +666,7 @@ def _compare_print(table: dict) -> None:
     print("Best of the rounds: latency p50/p99 ms at a fixed rate; max throughput/s and its "
           "CPU (server + PostgreSQL) in us per request")
     header = f"{'server':<13}"
-    for title in ("healthz@1000", "healthz max", "read@100", "read max", "pairs@100",
-                  "pairs max"):
+    for title in COMPARE_TITLES:
         header += f"{title:>17}"
     print(header)
     for name, best in table.items():
@@ -668,6 +681,14 @@ def _compare_print(table: dict) -> None:
                 text = f"{cell['achieved_rate']:.0f} ({cell['server_and_db_us_per_request']:.0f}us)"
                 line += f"{text:>17}"
         print(line)
+    print("CPU in each round's pairs max step (cores: server / PostgreSQL / other):")
+    for name, best in table.items():
+        cell = best.get("pairs_max")
+        if cell:
+            print(f"  {name:<13} " + "   ".join(
+                f"{server:.2f} / {db:.2f} / {other:.2f}" for server, db, other in
+                zip(cell["server_cores"], cell["database_cores"], cell["other_cores"],
+                    strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -676,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     output = args.output or RESULTS_DIR / (
         f"{stamp}-servers.json" if args.compare_servers
-        else f"{stamp}-scale.json" if args.scale else f"{stamp}.json")
+        else f"{stamp}-scale.json" if args.scale
+        else f"{stamp}-profile.json" if args.profile else f"{stamp}.json")
     print(f"Database {args.database_url}, Redis {args.redis_url}", flush=True)
     database_ensure(args.database_url, fresh=not args.keep_database)
     migrate(args)
@@ -685,7 +707,12 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args=args, binary=loadgen.build(Path(workdir)),
                       tag=f"{stamp}-{secrets.token_hex(2)}",
                       token=secrets.token_urlsafe(24), monitor=monitor)
-        if args.compare_servers:
+        if args.profile:
+            results = profiler.run(
+                ctx, pairs=args.profile_pairs, service_env=service_env(args),
+                server_config=ServerConfig.parse("gthread:1x1"), server_start=server_start,
+                step=step, accounts_provision=accounts_provision, dump=args.profile_dump)
+        elif args.compare_servers:
             configs = [ServerConfig.parse(c) for c in args.compare_servers.split(",")]
             results = compare_servers(ctx, configs)
         elif args.scale:
@@ -695,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     results["output_path"] = str(output)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    if args.compare_servers:
+    if args.compare_servers or args.profile:
         print(f"Results: {output}")
     elif args.scale:
         scale.print_scale_report(results)

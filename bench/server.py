@@ -24,8 +24,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """A gunicorn worker set-up: `sync:4` (4 processes, one request each at a time) or
-    `gthread:2x4` (2 processes of 4 threads, keep-alive connections)."""
+    """A worker set-up: gunicorn's `sync:4` (4 processes, one request each at a time) or
+    `gthread:2x4` (2 processes of 4 threads, keep-alive connections), or granian's
+    `granian:2x4` (2 processes whose HTTP is served by Rust, 4 Python threads each)."""
 
     worker_class: str
     workers: int
@@ -33,18 +34,29 @@ class ServerConfig:
 
     @classmethod
     def parse(cls, text: str) -> "ServerConfig":
-        match = re.fullmatch(r"(sync):(\d+)|(gthread):(\d+)x(\d+)", text.strip())
+        match = re.fullmatch(r"(sync):(\d+)|(gthread|granian):(\d+)x(\d+)", text.strip())
         if not match:
-            raise ValueError(f"server config {text!r}: expected sync:N or gthread:NxT")
+            raise ValueError(f"server config {text!r}: expected sync:N, gthread:NxT or "
+                             "granian:NxT")
         if match.group(1):
             return cls("sync", int(match.group(2)))
-        return cls("gthread", int(match.group(4)), int(match.group(5)))
+        return cls(match.group(3), int(match.group(4)), int(match.group(5)))
 
     @property
     def name(self) -> str:
         if self.worker_class == "sync":
             return f"sync:{self.workers}"
-        return f"gthread:{self.workers}x{self.threads}"
+        return f"{self.worker_class}:{self.workers}x{self.threads}"
+
+    def command(self, port: int) -> list[str]:
+        if self.worker_class == "granian":
+            return [sys.executable, "-m", "granian", "--interface", "wsgi",
+                    "config.wsgi:application", "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", str(self.workers), "--blocking-threads", str(self.threads),
+                    "--runtime-threads", "1", "--no-access-log", "--log-level", "warning"]
+        return [sys.executable, "-m", "gunicorn", "config.wsgi:application",
+                "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
+                "--timeout", "30", "--graceful-timeout", "5", *self.gunicorn_args()]
 
     def gunicorn_args(self) -> list[str]:
         args = ["--worker-class", self.worker_class, "--workers", str(self.workers)]
@@ -89,9 +101,7 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        args = [sys.executable, "-m", "gunicorn", "config.wsgi:application",
-                "--bind", f"127.0.0.1:{self.port}", "--worker-tmp-dir", "/dev/shm",
-                "--timeout", "30", "--graceful-timeout", "5", *self.config.gunicorn_args()]
+        args = self.config.command(self.port)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -99,15 +109,16 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.process.returncode}; see "
+                raise RuntimeError(f"the server exited {self.process.returncode}; see "
                                    f"{self.log_path}:\n{self.log_tail()}")
-            if (len(self.worker_pids()) == self.config.workers
+            if (len(self.worker_pids()) >= self.config.workers
                     and http_get_status(self.port, "/healthz") == 200):
                 time.sleep(0.5)  # let the last workers finish importing the app
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"gunicorn did not come up in {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"the server did not come up in {timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -119,11 +130,14 @@ class Server:
         if not self.process:
             return []
         pid = self.process.pid
-        try:
-            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        children = []
+        # Every thread's children: a server may start its workers from any thread.
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                children += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return children
 
     def pids(self) -> list[int]:
         return ([self.process.pid] if self.process else []) + self.worker_pids()

@@ -130,8 +130,12 @@ class LedgerTransaction(models.Model):
         RECOVERY = "recovery", "Receivable recovered"
         ADJUSTMENT = "adjustment"
 
+    # Accounts are never deleted, and every settle writes here while it holds the account
+    # row's lock: no foreign-key constraint, which would look the hot row up and
+    # share-lock it once more per insert.
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, null=True,
-                                related_name="ledger_transactions", db_index=False)
+                                related_name="ledger_transactions", db_index=False,
+                                db_constraint=False)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     memo = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -165,9 +169,10 @@ class LedgerEntry(models.Model):
     transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT,
                                     related_name="entries")
     book = models.CharField(max_length=24, choices=Book.choices)
-    # Indexed by (account, book) below; lots are looked up through their account.
+    # Indexed by (account, book) below; lots are looked up through their account. Not a
+    # foreign-key constraint, as on the transaction (above).
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT, null=True,
-                                related_name="+", db_index=False)
+                                related_name="+", db_index=False, db_constraint=False)
     lot = models.ForeignKey(CreditLot, on_delete=models.PROTECT, null=True, related_name="+",
                             db_index=False)
     amount_nanos = models.BigIntegerField()

@@ -14,6 +14,7 @@ import json
 import logging
 import logging.config
 import re
+import secrets
 import traceback
 import uuid
 from contextlib import suppress
@@ -34,7 +35,8 @@ REQUEST_ID_HEADER = "billing_request_id"  # the Celery message header that carri
 def request_id_from(value: str | None) -> str:
     if value and _REQUEST_ID_RE.match(value):
         return value
-    return uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex was, without building a UUID on every call.
+    return secrets.token_hex(16)
 
 
 class RequestIdMiddleware:

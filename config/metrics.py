@@ -68,9 +68,19 @@ def run_path_call_name(view_class: type) -> str:
     return _CALL_NAMES.get(name) or name.lower().removesuffix("api")
 
 
+# (call, outcome) -> the two labelled children: labels() validates and looks them up under
+# a lock on every call, which cost more than the observation itself.
+_run_path_children: dict[tuple[str, str], tuple] = {}
+
+
 def run_path_observe(*, call: str, started: float, outcome: str) -> None:
-    RUN_PATH_SECONDS.labels(call).observe(time.perf_counter() - started)
-    RUN_PATH_OUTCOMES.labels(call, outcome).inc()
+    elapsed = time.perf_counter() - started
+    children = _run_path_children.get((call, outcome))
+    if children is None:
+        children = _run_path_children[call, outcome] = (
+            RUN_PATH_SECONDS.labels(call), RUN_PATH_OUTCOMES.labels(call, outcome))
+    children[0].observe(elapsed)
+    children[1].inc()
 
 
 def run_path_batch_observe(*, call: str, size: int) -> None:

@@ -1,8 +1,10 @@
 """gunicorn in production: `gunicorn -c deploy/gunicorn.conf.py` (README: "Running in
 production"). Every value can be overridden from the environment.
 
-Sized for the run path: gthread workers (one process per core, a few threads each: the
-gateway's calls spend most of their time waiting for PostgreSQL), short timeouts (a call
+Sized for the run path: gthread workers (one process more than cores, a few threads
+each: the gateway's calls spend most of their time waiting for PostgreSQL, and the extra
+process keeps the cores busy while another one's threads wait on it or on the GIL;
+bench/README.md, "Which gunicorn workers"), short timeouts (a call
 is milliseconds; a worker stuck for 30 s is killed and replaced), keep-alive for the
 gateway's pooled connections, and one JSON line per request in the access log.
 
@@ -20,7 +22,7 @@ _cores = os.cpu_count() or 1
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 wsgi_app = "config.wsgi:application"
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", _cores))
+workers = int(os.environ.get("WEB_CONCURRENCY", _cores + 1))
 threads = int(os.environ.get("GUNICORN_THREADS", 4))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 30))

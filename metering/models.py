@@ -135,12 +135,14 @@ class Hold(models.Model):
         EXPIRED = "expired"
 
     # Every authorize inserts a hold: it carries only the indexes its reads need (the
-    # account's are served by the (account, request_id) constraint). Keys and models are
-    # never deleted, so their references are not foreign-key constraints: a constraint
-    # would take a share lock on the same key and model rows from every concurrent run.
+    # account's are served by the (account, request_id) constraint). Accounts, keys and
+    # models are never deleted, so their references are not foreign-key constraints: a
+    # constraint would take a share lock on the same hot account, key and model rows
+    # from every concurrent run (the hold's account is the row its insert's own
+    # statement has just updated).
     id = models.UUIDField(primary_key=True, editable=False)
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
-                                related_name="holds", db_index=False)
+                                related_name="holds", db_index=False, db_constraint=False)
     api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT,
                                 related_name="holds", db_index=False, db_constraint=False)
     model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="holds",
@@ -201,10 +203,13 @@ class Hold(models.Model):
 class UsageRecord(models.Model):
     """What one settled run used and was charged; the dashboard's usage comes from here."""
 
-    # Written by every settle: indexes and constraints as lean as on Hold.
-    hold = models.OneToOneField(Hold, on_delete=models.PROTECT, related_name="usage")
+    # Written by every settle: indexes and constraints as lean as on Hold (the settle
+    # takes the hold and the account from the rows it has just locked and updated).
+    hold = models.OneToOneField(Hold, on_delete=models.PROTECT, related_name="usage",
+                                db_constraint=False)
     account = models.ForeignKey("accounts.Account", on_delete=models.PROTECT,
-                                related_name="usage_records", db_index=False)
+                                related_name="usage_records", db_index=False,
+                                db_constraint=False)
     api_key = models.ForeignKey("accounts.ApiKey", on_delete=models.PROTECT, related_name="+",
                                 db_index=False, db_constraint=False)
     model = models.ForeignKey(InferenceModel, on_delete=models.PROTECT, related_name="+",

@@ -5,7 +5,17 @@ Its Python twin is metering/settle.py's _hold_settle_portable (the ORM path, for
 first-look mode); tests/metering/test_settle_paths.py runs both on the same scenarios and
 compares every figure. The price inside it is metering/pricing_sql.py's. Migrations
 create it from this text (metering/0006, replaced by later ones when it changes:
-metering/0009 when it took units and key spend limits)."""
+metering/0009 when it took units and key spend limits, metering/0012 when it read the
+account's held amount with its lock instead of again).
+
+What one settle of an open-model run paid from one lot writes (bench/README.md, "What a
+settle writes"): the hold (a new version: its status is in the sweep index's predicate,
+so never a HOT update), the lot and the account (HOT updates: no indexed column changes),
+one ledger transaction and two entries, and one usage record. The usage record's and
+the hold's references to the account and the usage record's to its hold are not
+foreign-key constraints (metering/0012): their ids come from the rows this statement
+locks and updates, and each constraint cost a lookup and share lock of the hot account
+row (or of the hold) per insert, and a WAL record."""
 
 CREATE = r"""
 CREATE OR REPLACE FUNCTION metering_settle(
@@ -50,6 +60,7 @@ DECLARE
     v_memo text;
     v_unit_price bigint;
     v_key_limit bigint;
+    v_account_held bigint;
 BEGIN
     SELECT account_id INTO v_account_id FROM metering_hold WHERE id = p_hold_id;
     IF NOT FOUND THEN
@@ -60,7 +71,9 @@ BEGIN
     END IF;
     -- Lock the account first: every write to its lots, holds and balance takes this
     -- lock, and every statement below starts after it is granted, so reads are current.
-    PERFORM 1 FROM accounts_account WHERE id = v_account_id FOR UPDATE;
+    -- What it holds cannot change while the lock is ours: read it here, once.
+    SELECT held_nanos INTO v_account_held FROM accounts_account WHERE id = v_account_id
+       FOR UPDATE;
     SELECT * INTO v_hold FROM metering_hold WHERE id = p_hold_id;
 
     IF v_hold.status = 'settled' THEN
@@ -147,10 +160,7 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    WITH acct_now AS (
-        SELECT held_nanos FROM accounts_account WHERE id = v_account_id
-    ),
-    live AS (
+    WITH live AS (
         SELECT id, remaining_nanos,
                SUM(remaining_nanos) OVER (ORDER BY expires_at, id) - remaining_nanos AS before
           FROM billing_creditlot
@@ -173,8 +183,8 @@ BEGIN
                unpaid_nanos = v_charge - planned.covered,
                balance_after_nanos = planned.live_credit - planned.covered,
                available_after_nanos = GREATEST(0, planned.live_credit - planned.covered
-                                                   - (acct_now.held_nanos - v_release_held))
-          FROM planned, acct_now
+                                                   - (v_account_held - v_release_held))
+          FROM planned
          WHERE h.id = p_hold_id AND h.status = v_hold.status
         RETURNING h.unpaid_nanos, h.balance_after_nanos, h.available_after_nanos
     ),

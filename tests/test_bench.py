@@ -8,10 +8,11 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
-from bench import loadgen, report
+from bench import loadgen, profiler, report
 from bench.scale import database_url_renamed
 from bench.server import ROOT
 from bench.stats import (
@@ -82,6 +83,53 @@ def test_targets_are_not_met_by_missing_numbers():
     results = {"baseline": {}, "service": {"skipped": "no run path"}}
     # then no target is marked met or missed
     assert {row["met"] for row in report.targets(results, hot_account=True)} == {None}
+
+
+def _pairs_step(achieved: float, authorize_p50: float, authorize_p99: float,
+                settle_p50: float, settle_p99: float, errors: dict | None = None) -> dict:
+    def latency(p50, p99):
+        return {"latency": {"p50_ms": p50, "p99_ms": p99}, "achieved_rate": achieved,
+                "errors": errors or {}}
+
+    return {"pairs": latency(authorize_p50 + settle_p50, settle_p99),
+            "authorize": latency(authorize_p50, authorize_p99),
+            "settle": latency(settle_p50, settle_p99)}
+
+
+def test_targets_from_one_run_with_ratios():
+    # given a run: empty view max 4,000/s; authorize max 2,400/s, settle max 1,600/s,
+    # pairs max 1,000/s; 1,000 pairs/s kept with p99 12 ms; 1,500 pairs/s not kept
+    results = {
+        "baseline": {"empty_view": {"max": {"requests": {"achieved_rate": 4000.0}}}},
+        "service": {
+            "authorize": {"max": {"authorize": {"achieved_rate": 2400.0}}},
+            "settle": {"max": {"settle": {"achieved_rate": 1600.0}}},
+            "pairs": {"500": _pairs_step(500.0, 0.8, 4.0, 1.6, 4.0),
+                      "1000": _pairs_step(999.5, 1.0, 12.0, 1.2, 11.0),
+                      "1500": _pairs_step(1200.0, 9.0, 80.0, 9.0, 90.0, {"abandoned": 3}),
+                      "max": _pairs_step(1000.0, 1.0, 5.0, 1.0, 5.0)},
+        },
+    }
+    # when the targets are computed
+    rows = {row["target"].split(" (")[0]: row for row in
+            report.targets(results, hot_account=True)}
+    # then each says met or not, with its ratio
+    authorize = rows["authorize max throughput >= 0.5 x the empty view's"]
+    assert authorize["met"] is True and authorize["measured"].startswith("0.60 x")
+    settle = rows["settle max throughput >= 0.5 x the empty view's"]
+    assert settle["met"] is False and settle["measured"].startswith("0.40 x")
+    pairs = rows["pairs max throughput x2 >= 0.5 x the empty view's"]
+    assert pairs["met"] is True and pairs["measured"].startswith("0.50 x")
+    sustained = [row for name, row in rows.items() if name.startswith(">= 1,000")]
+    stretch = [row for name, row in rows.items() if name.startswith(">= 1,500")]
+    assert [row["met"] for row in sustained] == [True]
+    assert [row["met"] for row in stretch] == [False]
+    assert rows["authorize p50 <= 1.0 ms at 500 pairs/s offered"]["met"] is True
+    assert rows["authorize p99 <= 5 ms at 500 pairs/s offered"]["met"] is True
+    assert rows["settle p50 <= 1.5 ms at 500 pairs/s offered"]["met"] is False
+    # and a run on several accounts does not claim the hot-account targets
+    spread = report.targets(results, hot_account=False)
+    assert {row["met"] for row in spread if "hot account" in row["target"]} == {None}
 
 
 class Ok(BaseHTTPRequestHandler):
@@ -169,3 +217,22 @@ def test_the_scale_step_reports_its_figures(tmp_path):
     assert "incremental (from the checkpoint" in incremental["output_tail"]
     assert incremental["check_seconds"] is not None
     assert "Scale: prefilled database against the empty one" in done.stdout
+
+
+def test_profile_attributes_a_builtin_to_its_callers_categories():
+    # given a profile: pydantic and psycopg code, and a builtin both of them call
+    pydantic = ("/venv/site-packages/pydantic/main.py", 1, "model_validate_json")
+    psycopg = ("/venv/site-packages/psycopg/cursor.py", 1, "execute")
+    builtin = ("~", 0, "<built-in method builtins.getattr>")
+    stats = SimpleNamespace(stats={
+        pydantic: (1, 1, 1.0, 4.0, {}),
+        psycopg: (1, 1, 3.0, 3.5, {}),
+        builtin: (4, 4, 2.0, 2.0, {pydantic: (3, 3, 1.5, 1.5), psycopg: (1, 1, 0.5, 0.5)}),
+    })
+    # when its self time is attributed to categories
+    seconds, calls, _ = profiler.attribute(stats)
+    # then the builtin's time is split in proportion to each caller's share of it
+    json_in = next(name for name in seconds if name.startswith("JSON in"))
+    sql = next(name for name in seconds if name.startswith("SQL client"))
+    assert seconds == {json_in: 2.5, sql: 3.5}
+    assert calls == {json_in: 4.0, sql: 2.0}
