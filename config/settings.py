@@ -92,9 +92,6 @@ MACHINE_ERROR_PATH_PREFIXES = ("/internal/", "/api/", "/stripe/", "/healthz", "/
                                "/metrics")
 # ...except the API's description, which staff signed in to the console read in a browser.
 BROWSER_PATH_PREFIXES = ("/internal/v1/schema", "/internal/v1/docs")
-# The run path's URLs, resolved by the machine handler without walking the URLconf
-# (config/wsgi.py): the URLconf still names their views; `<name>` is one path segment.
-MACHINE_DIRECT_ROUTES = ("/internal/v1/authorize", "/internal/v1/holds/<hold_id>/settle")
 MACHINE_MIDDLEWARE = [
     "config.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -1,5 +1,5 @@
-"""The machine handler's direct routes (config/wsgi.py): the run path's URLs resolved
-without walking the URLconf, to exactly what the URLconf resolves them to."""
+"""The run path through the machine handler (config/wsgi.py) and the URLconf, which tries
+the gateway's URLs first."""
 
 import json
 import uuid
@@ -8,66 +8,44 @@ from io import BytesIO
 import pytest
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
-from django.urls import Resolver404, get_resolver
+from django.urls import get_resolver
 
-from config.wsgi import MachineWSGIHandler, application
+from config.wsgi import application
 from metering.models import Hold
 from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import authorize_body, customer_create, service_client
 
-RUN_PATHS = [
-    "/internal/v1/authorize",
-    f"/internal/v1/holds/{uuid.uuid4()}/settle",
-    "/internal/v1/holds/not-a-uuid/settle",
-    "/internal/v1/holds/a b%20c/settle",
-    "/internal/v1/holds/settle/settle",
-]
-OTHER_PATHS = [
-    "/internal/v1/authorize/",
-    "/internal/v1/authorizex",
-    "/internal/v1/holds//settle",
-    "/internal/v1/holds/a/b/settle",
-    "/internal/v1/holds/x/settle/",
-    f"/internal/v1/holds/{uuid.uuid4()}/release",
-    f"/internal/v1/holds/{uuid.uuid4()}/heartbeat",
-    "/internal/v1/accounts/x",
-    "/healthz",
-]
+HOLD_ID = str(uuid.uuid4())
+
+RUN_PATHS = {
+    "/internal/v1/authorize": ("hold-authorize", {}),
+    f"/internal/v1/holds/{HOLD_ID}/settle": ("hold-settle", {"hold_id": HOLD_ID}),
+    "/internal/v1/holds/not-a-uuid/settle": ("hold-settle", {"hold_id": "not-a-uuid"}),
+    "/internal/v1/holds/settle/settle": ("hold-settle", {"hold_id": "settle"}),
+    f"/internal/v1/holds/{HOLD_ID}/release": ("hold-release", {"hold_id": HOLD_ID}),
+    "/internal/v1/accounts/x": ("account-detail", {"account_id": "x"}),
+    "/internal/v1/authorize/": ("", {}),  # the catch-all: the contract's JSON 404
+    "/internal/v1/holds/a/b/settle": ("", {}),
+}
 
 
 @pytest.mark.parametrize("path", RUN_PATHS)
-def test_a_direct_route_resolves_as_the_urlconf_does(path):
-    # given the URLconf's own answer
-    expected = get_resolver().resolve(path)
-    # when the machine handler resolves the path directly
-    found = MachineWSGIHandler.direct_routes.match(path)
-    # then it is the same view, with the same captured segments and names
-    assert found is not None
-    assert (found.func, found.args, found.kwargs, found.url_name, found.view_name,
-            found.route, found.captured_kwargs) == (
-        expected.func, expected.args, expected.kwargs, expected.url_name,
-        expected.view_name, expected.route, expected.captured_kwargs)
+def test_the_run_path_resolves_to_its_views(path):
+    # when the URLconf resolves a gateway's path
+    match = get_resolver().resolve(path)
+    # then it is the view the contract names, with the hold id as sent
+    url_name, kwargs = RUN_PATHS[path]
+    assert (match.url_name or "", match.kwargs if url_name else {}) == (url_name, kwargs)
 
 
-@pytest.mark.parametrize("path", OTHER_PATHS)
-def test_any_other_path_is_left_to_the_urlconf(path):
-    # when the machine handler looks for a direct route
-    found = MachineWSGIHandler.direct_routes.match(path)
-    # then there is none: the URLconf resolves it (or answers 404) as before
-    assert found is None
-    try:
-        expected = get_resolver().resolve(path)
-    except Resolver404:
-        return
-    assert expected.url_name not in {"hold-authorize", "hold-settle"} or path.endswith("/")
-
-
-def test_a_direct_match_is_not_shared_between_requests():
-    # given two settle paths
-    first = MachineWSGIHandler.direct_routes.match("/internal/v1/holds/one/settle")
-    second = MachineWSGIHandler.direct_routes.match("/internal/v1/holds/two/settle")
-    # then each request gets its own match, with its own hold id
-    assert first.kwargs == {"hold_id": "one"} and second.kwargs == {"hold_id": "two"}
+def test_the_run_path_is_tried_first():
+    # given the URLconf's patterns, in the order Django tries them
+    patterns = get_resolver().url_patterns
+    # then /internal/v1/ is the first, and within it the run path's own (metering's)
+    internal = patterns[0]
+    assert str(internal.pattern) == "internal/v1/"
+    first = internal.url_patterns[0]
+    assert [p.name for p in first.url_patterns[:2]] == ["hold-authorize", "hold-settle"]
 
 
 def _wsgi_post(path: str, body: bytes) -> tuple[str, dict, bytes]:
