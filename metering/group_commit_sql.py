@@ -9,7 +9,8 @@ metering_settle (metering/settle_sql.py) for each item. Both take the account ro
 primary-key order (authorize: items taken in account order; settle: all the batch's
 accounts locked first), so two batches never wait on each other in a cycle.
 
-Migrations create both from this text (metering/0010); a change to the single statements
+Migrations create both from this text (metering/0010; metering/0013 when the settle
+batch took its locks by primary key); a change to the single statements
 they are built from needs a migration that runs CREATE again."""
 
 import re
@@ -118,12 +119,23 @@ LANGUAGE plpgsql AS $fn$
 -- One row per item (out_ord: its place in the arrays, from 1): metering_settle's row.
 DECLARE
     v_i integer;
+    v_account_id uuid;
+    v_account_ids uuid[] := '{}';
 BEGIN
     -- Every account of the batch locked first, in primary-key order; metering_settle
     -- then takes each lock again (already held) and does exactly what it does alone.
-    PERFORM 1 FROM accounts_account
-      WHERE id IN (SELECT account_id FROM metering_hold WHERE id = ANY (p_hold_id))
-      ORDER BY id FOR UPDATE;
+    -- One primary-key lookup per hold and per account: a set-based statement here would
+    -- keep, for the connection's life, the plan made while the hold table was small (a
+    -- sequential scan of every hold, on every batch, as the table grows).
+    FOR v_i IN 1 .. cardinality(p_hold_id) LOOP
+        SELECT account_id INTO v_account_id FROM metering_hold WHERE id = p_hold_id[v_i];
+        IF FOUND THEN
+            v_account_ids := v_account_ids || v_account_id;
+        END IF;
+    END LOOP;
+    FOR v_account_id IN SELECT DISTINCT a FROM unnest(v_account_ids) AS a ORDER BY a LOOP
+        PERFORM 1 FROM accounts_account WHERE id = v_account_id FOR UPDATE;
+    END LOOP;
     FOR v_i IN 1 .. cardinality(p_hold_id) LOOP
         RETURN QUERY SELECT v_i, s.* FROM metering_settle(
             p_hold_id[v_i], p_now[v_i], p_late_window, p_inference_seconds[v_i],

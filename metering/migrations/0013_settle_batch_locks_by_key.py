@@ -1,0 +1,17 @@
+"""metering_settle_batch takes its accounts' locks by primary-key lookups, hold by hold,
+instead of one set-based statement whose cached plan could scan every hold
+(metering/group_commit_sql.py)."""
+
+from django.db import migrations
+
+from metering import group_commit_sql
+
+
+def forward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(group_commit_sql.SETTLE_CREATE, params=None)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("metering", "0012_lean_settle")]
+    operations = [migrations.RunPython(forward, migrations.RunPython.noop)]
