@@ -143,3 +143,40 @@ def run_concurrently(calls: list[Callable[[], object]], timeout: float = 60) -> 
     assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
     assert not any(isinstance(r, threading.BrokenBarrierError) for r in results)
     return results
+
+
+def wsgi_call(method: str, path: str, body: bytes = b"", **headers) -> tuple[str, dict, bytes]:
+    """A request through the service's own WSGI entry point (as gunicorn serves it): its
+    status line, headers and body. Header names as keywords: authorization="Bearer ..."."""
+    from io import BytesIO
+    from wsgiref.util import setup_testing_defaults
+
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    from config.wsgi import application
+
+    path, _, query = path.partition("?")
+    environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": method,
+               "SERVER_NAME": "testserver", "wsgi.input": BytesIO(body),
+               **{f"HTTP_{name.upper()}": value for name, value in headers.items()}}
+    if body:
+        environ.update(CONTENT_TYPE="application/json", CONTENT_LENGTH=str(len(body)))
+    setup_testing_defaults(environ)
+    answer = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        answer["status"], answer["headers"] = status, dict(response_headers)
+
+    # As Django's test client does: the test's own connection (inside the test's
+    # transaction) must outlive the request.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        response = application(environ, start_response)
+        content = b"".join(response)
+        response.close()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+    return answer["status"], answer["headers"], content

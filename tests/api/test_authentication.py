@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from tests.api.provisioning_calls import CALLS, send, world_make
 from tests.conftest import INTERNAL_TOKEN
-from tests.support import assert_error
+from tests.support import assert_error, wsgi_call
 
 pytestmark = pytest.mark.django_db
 
@@ -98,47 +98,14 @@ def test_an_unknown_internal_path_is_unauthorized_before_it_is_unknown(anon_api,
         assert_error(api.get(path), 404, "not_found")
 
 
-def _wsgi_get(path: str, **headers) -> tuple[str, dict, bytes]:
-    """A request through the service's own WSGI entry point (as gunicorn serves it)."""
-    from wsgiref.util import setup_testing_defaults
-
-    from django.core.signals import request_finished, request_started
-    from django.db import close_old_connections
-
-    from config.wsgi import application
-
-    path, _, query = path.partition("?")
-    environ = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": "GET",
-               "SERVER_NAME": "testserver",
-               **{f"HTTP_{name.upper()}": value for name, value in headers.items()}}
-    setup_testing_defaults(environ)
-    answer = {}
-
-    def start_response(status, response_headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(response_headers)
-
-    # As Django's test client does: the test's own connection (inside the test's
-    # transaction) must outlive the request.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        response = application(environ, start_response)
-        body = b"".join(response)
-        response.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return answer["status"], answer["headers"], body
-
-
 def test_the_wsgi_entry_point_serves_machine_calls_and_the_docs_page(settings):
     settings.ALLOWED_HOSTS = ["testserver"]
     # Machine calls: the service token, and the contract's errors.
-    status, _, body = _wsgi_get("/internal/v1/accounts/" + "0" * 32)
+    status, _, body = wsgi_call("GET", "/internal/v1/accounts/" + "0" * 32)
     assert status.startswith("401") and b'"unauthorized"' in body
-    status, _, body = _wsgi_get("/internal/v1/schema?format=json",
+    status, _, body = wsgi_call("GET", "/internal/v1/schema?format=json",
                                 authorization=f"Bearer {INTERNAL_TOKEN}")
     assert status.startswith("200"), (status, body[:200])
     # The docs page is a browser page: the console's login, with the browser middleware.
-    status, headers, _ = _wsgi_get("/internal/v1/docs")
+    status, headers, _ = wsgi_call("GET", "/internal/v1/docs")
     assert status.startswith("302") and headers["Location"].startswith("/admin/login/")

@@ -3,19 +3,17 @@ the gateway's URLs first."""
 
 import json
 import uuid
-from io import BytesIO
 
 import pytest
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.urls import get_resolver
 
-from config.wsgi import application
 from metering.models import Hold
 from tests.conftest import INTERNAL_TOKEN
 from tests.runpath import authorize_body, customer_create, service_client
+from tests.support import wsgi_call
 
 HOLD_ID = str(uuid.uuid4())
+AUTHORIZATION = f"Bearer {INTERNAL_TOKEN}"
 
 RUN_PATHS = {
     "/internal/v1/authorize": ("hold-authorize", {}),
@@ -48,46 +46,19 @@ def test_the_run_path_is_tried_first():
     assert [p.name for p in first.url_patterns[:2]] == ["hold-authorize", "hold-settle"]
 
 
-def _wsgi_post(path: str, body: bytes) -> tuple[str, dict, bytes]:
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "",
-               "SERVER_NAME": "testserver", "SERVER_PORT": "80",
-               "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "testserver",
-               "HTTP_AUTHORIZATION": f"Bearer {INTERNAL_TOKEN}",
-               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
-               "wsgi.input": BytesIO(body), "wsgi.url_scheme": "http",
-               "wsgi.errors": BytesIO(), "wsgi.multithread": True,
-               "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0)}
-    answer = {}
-
-    def start_response(status, response_headers, exc_info=None):
-        answer["status"], answer["headers"] = status, dict(response_headers)
-
-    # As Django's test client does: the test's connection (in its transaction) must
-    # outlive the request.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        response = application(environ, start_response)
-        content = b"".join(response)
-        response.close()
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
-    return answer["status"], answer["headers"], content
-
-
 @pytest.mark.django_db
 @pytest.mark.usefixtures("catalog")
 def test_authorize_and_settle_through_the_wsgi_entry_point():
     # given a customer
     customer = customer_create(purchased_usd=10)
     # when the gateway authorizes and settles through the entry point gunicorn serves
-    status, headers, content = _wsgi_post(
-        "/internal/v1/authorize", json.dumps(authorize_body(customer)).encode())
+    status, headers, content = wsgi_call("POST", "/internal/v1/authorize",
+                                         json.dumps(authorize_body(customer)).encode(),
+                                         authorization=AUTHORIZATION)
     assert status == "200 OK", content
     hold_id = json.loads(content)["hold_id"]
-    status, headers, settled = _wsgi_post(f"/internal/v1/holds/{hold_id}/settle",
-                                          b'{"inference_seconds": 2}')
+    status, headers, settled = wsgi_call("POST", f"/internal/v1/holds/{hold_id}/settle",
+                                         b'{"inference_seconds": 2}', authorization=AUTHORIZATION)
     # then both answer as the URLconf's views do, headers included
     assert status == "200 OK", settled
     assert headers["Content-Type"] == "application/json"
@@ -106,7 +77,8 @@ def test_an_unknown_hold_is_the_same_404_either_way():
     # given a hold id that does not exist
     path = f"/internal/v1/holds/{uuid.uuid4()}/settle"
     # when it is settled through the entry point and through the test client
-    status, _, content = _wsgi_post(path, b'{"inference_seconds": 1}')
+    status, _, content = wsgi_call("POST", path, b'{"inference_seconds": 1}',
+                                  authorization=AUTHORIZATION)
     expected = service_client().post(path, {"inference_seconds": 1}, format="json")
     # then both are the contract's 404, byte for byte
     assert status.startswith("404") and expected.status_code == 404
