@@ -39,6 +39,15 @@ def request_id_from(value: str | None) -> str:
     return secrets.token_hex(16)
 
 
+def request_id_begin(request) -> str:
+    """The request's id (the caller's X-Request-ID if usable, else a new one), set for
+    every log line until the response is closed (request_finished, below): Django logs a
+    4xx answer after the middleware chain has returned."""
+    request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
+    request_id_var.set(request_id)
+    return request_id
+
+
 class RequestIdMiddleware:
     """First in both middleware chains (config/wsgi.py), so Django's own lines for the
     request carry the id too."""
@@ -50,10 +59,7 @@ class RequestIdMiddleware:
         if request.path_info == "/healthz":
             # The liveness probe (and the benchmark's empty view) logs nothing: no id.
             return self.get_response(request)
-        request_id = request_id_from(request.META.get("HTTP_X_REQUEST_ID"))
-        # Kept until the response is closed (request_finished, below): Django logs a 4xx
-        # answer after the middleware chain has returned.
-        request_id_var.set(request_id)
+        request_id = request_id_begin(request)
         response = self.get_response(request)
         response["X-Request-Id"] = request_id
         return response

@@ -83,3 +83,153 @@ def test_an_unknown_hold_is_the_same_404_either_way():
     # then both are the contract's 404, byte for byte
     assert status.startswith("404") and expected.status_code == 404
     assert content == expected.content
+
+
+# --- The short way (config/wsgi.py): the run path's POSTs skip the URLconf and the
+# middleware chain's wrappers; every answer must be the whole way's, byte for byte.
+
+@pytest.fixture
+def both_ways():
+    """Send one request the short way, then the same again the whole way (Django's own
+    handler), and return both answers."""
+    from config.wsgi import machine_application
+
+    def send(method, path, body=b"", **headers):
+        assert machine_application.run_path_short_way
+        short = wsgi_call(method, path, body, **headers)
+        machine_application.run_path_short_way = False
+        try:
+            whole = wsgi_call(method, path, body, **headers)
+        finally:
+            machine_application.run_path_short_way = True
+        return short, whole
+
+    return send
+
+
+@pytest.mark.parametrize("path, short", [
+    ("/internal/v1/authorize", True),
+    (f"/internal/v1/holds/{HOLD_ID}/settle", True),
+    (f"/internal/v1/holds/{HOLD_ID}/release", True),
+    (f"/internal/v1/holds/{HOLD_ID}/heartbeat", True),
+    ("/internal/v1/holds/not-a-uuid/settle", True),
+    ("/internal/v1/authorize/", False),
+    ("/internal/v1/holds/a/b/settle", False),
+    ("/internal/v1/holds/a.b/settle", False),
+    ("/internal/v1/holds/%41/settle", False),
+    ("/internal/v1/holds//settle", False),
+    (f"/internal/v1/holds/{HOLD_ID}/settle/", False),
+    (f"/internal/v1/holds/{HOLD_ID}/expire", False),
+    ("/internal/v1/accounts/x", False),
+])
+def test_the_short_way_takes_only_paths_the_urlconf_sends_to_the_same_view(path, short):
+    from config.wsgi import machine_application
+
+    # when the handler looks for a run-path view of its own
+    route = machine_application.run_path_view(path)
+    # then it finds one only for the run path's own shapes, and the URLconf agrees
+    assert (route is not None) == short
+    if short:
+        view, kwargs = route
+        match = get_resolver().resolve(path)
+        assert (view, kwargs) == (match.func, match.kwargs)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
+@pytest.mark.parametrize("body, headers", [
+    (b'{"inference_seconds": 1}', {}),  # no service token: 401
+    (b'{"inference_seconds": 1}', {"authorization": "Bearer wrong"}),  # 401
+    (b"{not json", {"authorization": AUTHORIZATION}),  # 400
+    (b'{"inference_seconds": -1}', {"authorization": AUTHORIZATION}),  # 400, fields
+    (b'{"inference_seconds": 1}', {"authorization": AUTHORIZATION}),  # 404: no such hold
+    (b'{"inference_seconds": 1}', {"authorization": AUTHORIZATION,
+                                   "x_request_id": "gw-7f3a9"}),  # the caller's request id
+], ids=["no-token", "bad-token", "bad-json", "bad-field", "unknown-hold", "request-id"])
+def test_errors_are_the_same_bytes_both_ways(both_ways, body, headers):
+    # given a settle the service refuses
+    path = f"/internal/v1/holds/{uuid.uuid4()}/settle"
+    # when it is sent the short way and the whole way
+    (status, short_headers, content), (status2, whole_headers, content2) = both_ways(
+        "POST", path, body, **headers)
+    # then the status, the headers and the body are the same (the request id is new
+    # each time unless the caller sent one)
+    assert status == status2 and status[0] == "4"
+    assert content == content2
+    if "x_request_id" not in headers:
+        short_headers.pop("X-Request-Id"), whole_headers.pop("X-Request-Id")
+    assert short_headers == whole_headers
+    assert short_headers.get("X-Content-Type-Options") == "nosniff"
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("catalog")
+def test_an_authorize_and_its_settle_the_short_way_answer_as_the_whole_way(both_ways):
+    # given a customer with credit
+    customer = customer_create(purchased_usd=10)
+    body = authorize_body(customer)
+    # when the same authorize (same request id) goes the short way and then the whole way
+    (status, headers, first), (status2, headers2, again) = both_ways(
+        "POST", "/internal/v1/authorize", json.dumps(body).encode(),
+        authorization=AUTHORIZATION, x_request_id="gw-1")
+    # then the second is the replay of the first: the same hold, the same headers
+    assert status == status2 == "200 OK", first
+    assert json.loads(first)["hold_id"] == json.loads(again)["hold_id"]
+    assert headers.keys() == headers2.keys() and headers["X-Request-Id"] == "gw-1"
+    # and one hold was made, not two
+    assert Hold.objects.filter(account_id=customer.account_id).count() == 1
+    # when its settle goes both ways
+    hold_id = json.loads(first)["hold_id"]
+    (status, headers, settled), (status2, headers2, settled_again) = both_ways(
+        "POST", f"/internal/v1/holds/{hold_id}/settle", b'{"inference_seconds": 2}',
+        authorization=AUTHORIZATION)
+    # then both answer the one settlement, byte for byte
+    assert status == status2 == "200 OK" and settled == settled_again
+    assert Hold.objects.get(id=hold_id).status == Hold.Status.SETTLED
+
+
+@pytest.mark.django_db
+def test_a_host_not_allowed_is_refused_both_ways_before_any_work(both_ways, settings,
+                                                                  monkeypatch):
+    # given hosts limited to the service's own name, and a view that must not be reached
+    settings.ALLOWED_HOSTS = ["billing.internal"]
+    from metering import apis
+
+    def never(*args, **kwargs):
+        raise AssertionError("the view ran for a host that is not allowed")
+
+    monkeypatch.setattr(apis.HoldSettleApi, "post", never)
+    # when a settle comes for another host
+    (status, headers, content), (status2, headers2, content2) = both_ways(
+        "POST", f"/internal/v1/holds/{HOLD_ID}/settle", b"{}", authorization=AUTHORIZATION,
+        host="evil.example")
+    # then it is the same 400 both ways, and no view ran
+    assert status == status2 and status.startswith("400")
+    assert content == content2
+    headers.pop("X-Request-Id"), headers2.pop("X-Request-Id")
+    assert headers == headers2
+
+
+@pytest.mark.django_db
+def test_an_unexpected_fault_is_the_contracts_json_500_both_ways(both_ways, monkeypatch,
+                                                                   caplog):
+    # given a settle that fails in a way nobody planned for
+    from metering import apis
+
+    def broken(self, request, hold_id):
+        raise RuntimeError("something nobody planned for")
+
+    monkeypatch.setattr(apis.HoldSettleApi, "post", broken)
+    # when it is sent both ways
+    with caplog.at_level("ERROR", logger="django.request"):
+        (status, headers, content), (status2, headers2, content2) = both_ways(
+            "POST", f"/internal/v1/holds/{HOLD_ID}/settle", b"{}",
+            authorization=AUTHORIZATION, x_request_id="gw-500")
+    # then both are the contract's JSON 500 with the caller's request id, never HTML
+    assert status == status2 and status.startswith("500")
+    assert content == content2 and json.loads(content)["code"] == "internal_error"
+    assert headers == headers2
+    assert headers["Content-Type"] == "application/json" and headers["X-Request-Id"] == "gw-500"
+    # and the fault was logged each time, with its traceback
+    faults = [r for r in caplog.records if r.name == "django.request" and r.exc_info]
+    assert len(faults) == 2
