@@ -12,10 +12,11 @@ process's own work. Other databases take the portable path in services.py.
 
 import re
 from contextlib import contextmanager
+from functools import cache
 from uuid import UUID
 
 import psycopg
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from accounts.models import FAR_FUTURE
 
@@ -154,8 +155,11 @@ INSERT_HOLD_SQL = f"INSERT INTO metering_hold ({HOLD_COLUMNS}) VALUES ({HOLD_VAL
 TIER_NAME_SQL = "SELECT name FROM ratelimits_tier WHERE id = %(tier_id)s"
 
 
+@cache
 def is_postgresql() -> bool:
-    return connection.vendor == "postgresql"
+    # The default database's engine is fixed for the life of the process: asked once, not
+    # through the thread-local connection proxy on every run-path call.
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
 
 
 @contextmanager
@@ -168,17 +172,19 @@ def hot_cursor():
         with connection.cursor() as cursor:
             yield cursor
         return
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    database = connections[DEFAULT_DB_ALIAS]  # this thread's, looked up once
+    database.ensure_connection()
+    with database.wrap_database_errors, psycopg.Cursor(database.connection) as cursor:
         yield cursor
 
 
 def db_uuid(value: UUID):
-    return value if connection.features.has_native_uuid_field else value.hex
+    # PostgreSQL takes the UUID itself; the portable path stores 32 hex digits.
+    return value if is_postgresql() else value.hex
 
 
 def db_datetime(value):
-    return connection.ops.adapt_datetimefield_value(value)
+    return value if is_postgresql() else connection.ops.adapt_datetimefield_value(value)
 
 
 def authorize_reserve(params: dict) -> tuple | None:
