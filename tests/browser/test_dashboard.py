@@ -190,3 +190,36 @@ def test_screenshots_of_every_page_at_phone_and_desktop_widths(
 
 def _nav():
     return nav_links("")
+
+
+def test_on_a_phone_every_key_can_be_revoked_without_scrolling_sideways(
+        browser, live_server, catalog, screenshots):
+    # given a customer with several keys, one with a spend limit's long label, one revoked
+    customer = customer_signed_in()
+    for name in ("batch jobs on the night shift", "staging"):
+        api_key_create(account_id=customer.account_id, name=name)
+    old, _ = api_key_create(account_id=customer.account_id, name="old laptop")
+    api_key_revoke(account_id=customer.account_id, key_id=old.id)
+    active = ApiKey.objects.filter(account_id=customer.account_id, revoked_at__isnull=True)
+    context = browser.new_context(viewport={"width": 375, "height": 812})
+    page = context.new_page()
+    _log_in(page, live_server.url, customer.email)
+    # when they open their keys on a phone
+    page.goto(live_server.url + "/dashboard/keys/")
+    screenshots.take(page, "keys_phone_rows")
+    # then each active key's Revoke button lies wholly on the screen, and no table of
+    # keys scrolls sideways
+    buttons = page.get_by_role("link", name=re.compile(r"^Revoke "))
+    expect(buttons).to_have_count(active.count())
+    for index in range(active.count()):
+        box = buttons.nth(index).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    assert page.evaluate("""[...document.querySelectorAll('.table-wrap')]
+        .every(wrap => wrap.scrollWidth <= wrap.clientWidth + 1)""")
+    # and each value still says what it is
+    expect(page.locator("td[data-label='Spend limit']").first).to_be_visible()
+    expect(page.get_by_text("old laptop")).to_be_visible()
+    # and a tap on one opens that key's revocation
+    buttons.first.click()
+    expect(page.get_by_role("heading", name=re.compile("Revoke"))).to_be_visible()
+    context.close()
