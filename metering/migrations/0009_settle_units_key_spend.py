@@ -7,9 +7,7 @@ from django.db import migrations
 from metering import pricing_sql, settle_sql
 
 
-# The functions this migration creates, by the first 16 hex digits of the SHA-256 of their
-# body: tests/metering/test_sql_functions_current.py fails when the code's text moves on
-# without a later migration that creates the function again.
+# What this migration creates: tests/metering/test_sql_functions_current.py.
 CREATES = {
     "metering_billed_seconds": "007a9f56079543ed",
     "metering_closed_charge": "e8f8025b06b9e78b",

@@ -11,9 +11,7 @@ from django.db import migrations, models
 from metering import settle_sql
 
 
-# The functions this migration creates, by the first 16 hex digits of the SHA-256 of their
-# body: tests/metering/test_sql_functions_current.py fails when the code's text moves on
-# without a later migration that creates the function again.
+# What this migration creates: tests/metering/test_sql_functions_current.py.
 CREATES = {
     "metering_settle": "e857a0c19913a0ff",
 }
