@@ -1,7 +1,8 @@
 """python -m bench: the run-path benchmark in one run (see bench/README.md).
 
 Order: create and migrate the benchmark database; build the load generator; measure the
-psycopg round trip (before the server exists, so nothing competes with it); start gunicorn;
+psycopg round trip (before the server exists, so nothing competes with it); start the server
+(production's, deploy/serve.py, unless --server says otherwise);
 provision a hot account; the empty view at each offered rate and at its maximum; then, if
 this build has the run path, pairs, authorize alone and settle alone; check that no hold was
 left open and that the books balance; print and write the results."""
@@ -31,13 +32,12 @@ from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/3"
-# Chosen with --compare-servers on the 2-core machine (bench/README.md, "Which gunicorn
-# workers"): kept-alive connections, and one process more than cores, so that both cores
-# stay busy while a process's threads wait on PostgreSQL or on its GIL; the most pairs per
-# second of the gunicorn set-ups (on a shared, noisy machine).
-DEFAULT_SERVER = "gthread:3x4"
-COMPARE_SERVERS = ("gthread:2x4", "gthread:2x2", "gthread:2x8", "gthread:3x2", "gthread:3x4",
-                   "gthread:4x4", "granian:2x4", "granian:3x4")
+# Production's server as deploy/serve.py sizes it on the 2-core machine: one process per
+# core, 8 threads each (bench/README.md, "The production server"). The comparison sets it
+# beside the gunicorn set-up production had before, and other sizes.
+DEFAULT_SERVER = "granian:2x8"
+COMPARE_SERVERS = ("granian:2x8", "gthread:3x4", "granian:2x4", "granian:3x8",
+                   "granian:2x16")
 RESULTS_DIR = ROOT / "bench" / "results"
 NOISE_CORES = 0.3  # CPU used by processes outside the benchmark above which a step is noisy
 
@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the benchmark's own PostgreSQL database (created if missing)")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
     parser.add_argument("--server", type=ServerConfig.parse, default=DEFAULT_SERVER,
-                        help=f"gunicorn workers: sync:N or gthread:NxT (default {DEFAULT_SERVER})")
+                        help="the server: production's granian:NxT (processes x threads), or "
+                        f"gunicorn's sync:N or gthread:NxT (default {DEFAULT_SERVER})")
     parser.add_argument("--rates", default="500,1000,1500",
                         help="offered pairs/s, comma-separated (default 500,1000,1500: the "
                              "targets' rates and the stretch)")
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="only the psycopg round trip and the empty view")
     parser.add_argument("--compare-servers", nargs="?", const=",".join(COMPARE_SERVERS),
                         metavar="CONFIGS",
-                        help="instead of the benchmark, compare gunicorn worker set-ups "
+                        help="instead of the benchmark, compare server set-ups "
                              f"(default: {','.join(COMPARE_SERVERS)})")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --compare-servers: rounds of all set-ups (default 2)")
@@ -196,7 +197,7 @@ def migrate_database(database_url: str, args) -> None:
 
 def server_start(ctx: Context, config: ServerConfig) -> Server:
     # Beside the results: the service's own warnings and tracebacks, for a step that failed.
-    log_path = RESULTS_DIR / f"{ctx.tag}-gunicorn.log"
+    log_path = RESULTS_DIR / f"{ctx.tag}-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     server = Server(config, database_url=ctx.args.database_url, redis_url=ctx.args.redis_url,
                     token=ctx.token, log_path=log_path)
@@ -463,7 +464,7 @@ def benchmark(ctx: Context) -> dict:
     print("Baseline (a): psycopg conditional UPDATE round trip ...", flush=True)
     psycopg_result = pg_baseline.round_trip(args.database_url, seconds=min(args.duration, 3.0))
     results["baseline"]["psycopg"] = psycopg_result
-    print(f"Starting gunicorn ({args.server.name}) ...", flush=True)
+    print(f"Starting the server ({args.server.name}) ...", flush=True)
     server = server_start(ctx, args.server)
     try:
         skipped = accounts_provision(ctx)
@@ -710,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             results = profiler.run(
                 ctx, pairs=args.profile_pairs, service_env=service_env(args),
-                server_config=ServerConfig.parse("gthread:1x1"), server_start=server_start,
+                server_config=ServerConfig.parse("granian:1x1"), server_start=server_start,
                 step=step, accounts_provision=accounts_provision, dump=args.profile_dump)
         elif args.compare_servers:
             configs = [ServerConfig.parse(c) for c in args.compare_servers.split(",")]

@@ -2,12 +2,13 @@
 
 Two measurements of the same pairs on the same hot account:
 
-1. **Under gunicorn**, one worker of one thread, pairs sent one at a time by the load
-   generator: the worker's CPU per pair (all of it: HTTP parsing, gunicorn, the app) and
+1. **Under the production server** (deploy/serve.py), one worker of one thread, pairs
+   sent one at a time by the load generator: the worker's CPU per pair (all of it: HTTP
+   parsing, the server, the app) and
    the database backends' CPU per pair, from /proc.
 2. **In-process** (a child process: the WSGI application called directly, no sockets):
    the app's CPU per pair without a profiler (its share of (1); the rest of (1) is
-   HTTP and gunicorn), then the same pairs under cProfile with a CPU clock, whose
+   HTTP and the server), then the same pairs under cProfile with a CPU clock, whose
    self-time per function is attributed to a category by the function's module (a
    builtin or a generic standard-library function counts for the category of whoever
    called it) and scaled to the unprofiled CPU per pair. On the database side, the
@@ -345,7 +346,7 @@ def worker_main(argv: list[str]) -> None:
 def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step,
         accounts_provision, dump: str | None = None) -> dict:
     """Both measurements; returns the tables (also printed)."""
-    print(f"Starting gunicorn ({server_config.name}) ...", flush=True)
+    print(f"Starting the server ({server_config.name}) ...", flush=True)
     server = server_start(ctx, server_config)
     try:
         skipped = accounts_provision(ctx)
@@ -353,7 +354,7 @@ def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step
             raise SystemExit(f"no run path to profile: {skipped}")
         ctx.args.concurrency = 1
         duration = max(2.0, pairs / 400)
-        print("Pairs one at a time under gunicorn (one worker, one thread)", flush=True)
+        print("Pairs one at a time under the server (one worker, one thread)", flush=True)
         http_step = step(ctx, "pairs, one in flight", scenario="pair",
                          duration=duration)
         empty_step = step(ctx, "empty view, one in flight", scenario="get",
@@ -362,9 +363,9 @@ def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step
     finally:
         server.stop()
     served = http_step["pairs"]["latency"]["count"]
-    gunicorn_cpu_us = http_step["cpu"]["server_cores"] * http_step["cpu"]["wall_seconds"] \
+    server_cpu_us = http_step["cpu"]["server_cores"] * http_step["cpu"]["wall_seconds"] \
         * 1e6 / max(served, 1)
-    gunicorn_db_us = http_step["cpu"]["database_cores"] * http_step["cpu"]["wall_seconds"] \
+    server_db_us = http_step["cpu"]["database_cores"] * http_step["cpu"]["wall_seconds"] \
         * 1e6 / max(served, 1)
     empty_us = empty_step["cpu"]["server_us_per_request"]
 
@@ -385,15 +386,15 @@ def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step
     # The driver's own work (building the bodies, reading the answers) is not the app's.
     driver_us = profiled.pop(DRIVER, 0.0) * 1e6 / pairs * scale
     app_us = inproc["app_cpu_us"] - driver_us
-    server_rows = [("HTTP and gunicorn (worker CPU under gunicorn - in-process app CPU)",
-                    max(0.0, gunicorn_cpu_us - app_us))]
+    server_rows = [("HTTP and the server (worker CPU under the server - in-process app CPU)",
+                    max(0.0, server_cpu_us - app_us))]
     for name, seconds in sorted(profiled.items(), key=lambda item: -item[1]):
         server_rows.append((name, seconds * 1e6 / pairs * scale))
-    result = {"pairs": pairs, "gunicorn_worker_cpu_us_per_pair": gunicorn_cpu_us,
-              "gunicorn_empty_view_cpu_us_per_request": empty_us,
-              "gunicorn_database_cpu_us_per_pair": gunicorn_db_us,
-              "gunicorn_pair_latency_ms": http_step["pairs"]["latency"],
-              "gunicorn_other_cores": http_step["cpu"]["other_cores"],
+    result = {"pairs": pairs, "server_worker_cpu_us_per_pair": server_cpu_us,
+              "server_empty_view_cpu_us_per_request": empty_us,
+              "server_database_cpu_us_per_pair": server_db_us,
+              "server_pair_latency_ms": http_step["pairs"]["latency"],
+              "server_other_cores": http_step["cpu"]["other_cores"],
               "server_rows": server_rows, "inprocess": inproc}
     print_tables(result)
     return result
@@ -403,10 +404,10 @@ def print_tables(result: dict) -> None:
     inproc = result["inprocess"]
     total = sum(us for _, us in result["server_rows"])
     print("")
-    print(f"Server CPU per pair: {result['gunicorn_worker_cpu_us_per_pair']:.0f} us under "
-          f"gunicorn (in-process app: {inproc['app_cpu_us']:.0f} us; empty view under "
-          f"gunicorn: {result['gunicorn_empty_view_cpu_us_per_request']} us a request; "
-          f"other cores during the step: {result['gunicorn_other_cores']})")
+    print(f"Server CPU per pair: {result['server_worker_cpu_us_per_pair']:.0f} us under "
+          f"the server (in-process app: {inproc['app_cpu_us']:.0f} us; empty view under "
+          f"the server: {result['server_empty_view_cpu_us_per_request']} us a request; "
+          f"other cores during the step: {result['server_other_cores']})")
     calls = inproc.get("calls_per_pair", {})
     print("| server side, one pair | us | share | Python calls |\n|---|---:|---:|---:|")
     for name, us in result["server_rows"]:
@@ -418,7 +419,7 @@ def print_tables(result: dict) -> None:
     print("")
     wal = inproc["wal_per_pair"]
     print(f"Database per pair: backend CPU {inproc['backend_cpu_us']:.0f} us in-process "
-          f"({result['gunicorn_database_cpu_us_per_pair']:.0f} us under gunicorn, all "
+          f"({result['server_database_cpu_us_per_pair']:.0f} us under the server, all "
           f"backends and background processes); in-process wall {inproc['wall_us']:.0f} us "
           "a pair")
     print("| database side, one pair | calls | exec us | WAL records | WAL bytes | "

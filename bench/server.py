@@ -1,8 +1,9 @@
-"""The service under gunicorn with production settings, and where the CPU went.
+"""The service under its production server (deploy/serve.py: granian) or, to compare,
+under gunicorn, with production settings, and where the CPU went.
 
 Production settings: DJANGO_DEBUG=0, PostgreSQL and Redis from DATABASE_URL / REDIS_URL,
-persistent database connections (DATABASE_CONN_MAX_AGE, 600 s by default), no access log,
-worker heartbeat files on tmpfs."""
+persistent database connections (DATABASE_CONN_MAX_AGE, 600 s by default), no access log
+(gunicorn: worker heartbeat files on tmpfs)."""
 
 import http.client
 import os
@@ -25,8 +26,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True)
 class ServerConfig:
     """A worker set-up: gunicorn's `sync:4` (4 processes, one request each at a time) or
-    `gthread:2x4` (2 processes of 4 threads, keep-alive connections), or granian's
-    `granian:2x4` (2 processes whose HTTP is served by Rust, 4 Python threads each)."""
+    `gthread:2x4` (2 processes of 4 threads, keep-alive connections), or production's
+    `granian:2x4` (deploy/serve.py: 2 processes whose HTTP is served by Rust, 4 Python
+    threads each)."""
 
     worker_class: str
     workers: int
@@ -50,13 +52,18 @@ class ServerConfig:
 
     def command(self, port: int) -> list[str]:
         if self.worker_class == "granian":
-            return [sys.executable, "-m", "granian", "--interface", "wsgi",
-                    "config.wsgi:application", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", str(self.workers), "--blocking-threads", str(self.threads),
-                    "--runtime-threads", "1", "--no-access-log", "--log-level", "warning"]
+            # Production's own launcher, its settings but the access log.
+            return [sys.executable, "deploy/serve.py"]
         return [sys.executable, "-m", "gunicorn", "config.wsgi:application",
                 "--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm",
                 "--timeout", "30", "--graceful-timeout", "5", *self.gunicorn_args()]
+
+    def env(self, port: int) -> dict[str, str]:
+        if self.worker_class == "granian":
+            return {"SERVER_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(self.workers),
+                    "SERVER_THREADS": str(self.threads), "ACCESS_LOG": "0",
+                    "LOG_LEVEL": "WARNING"}
+        return {}
 
     def gunicorn_args(self) -> list[str]:
         args = ["--worker-class", self.worker_class, "--workers", str(self.workers)]
@@ -97,6 +104,7 @@ class Server:
             os.environ, DJANGO_DEBUG="0", DATABASE_URL=database_url, REDIS_URL=redis_url,
             BILLING_INTERNAL_TOKENS=token, DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", PROMETHEUS_MULTIPROC_DIR=self.metrics_dir,
+            **config.env(self.port),
         )
         self.process: subprocess.Popen | None = None
 

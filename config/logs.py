@@ -136,12 +136,6 @@ def redact(text: str) -> str:
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
-# gunicorn's access line hands its atoms over as the record's args: the fields we keep.
-_ACCESS_ATOMS = {"h": "remote_addr", "m": "method", "U": "path", "q": "query",
-                 "s": "status", "B": "bytes", "M": "duration_ms", "a": "user_agent",
-                 "{x-request-id}o": "request_id"}
-
-
 def _task_context() -> dict:
     task = current_task
     if task is None or not getattr(task, "request", None) or task.request.id is None:
@@ -157,15 +151,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if record.name == "gunicorn.access" and isinstance(record.args, dict):
-            line["message"] = "request"
-            for atom, name in _ACCESS_ATOMS.items():
-                value = record.args.get(atom)
-                if value not in (None, "-", ""):
-                    line[name] = int(value) if name in ("status", "duration_ms") and \
-                        str(value).isdigit() else value
-        else:
-            line["message"] = record.getMessage()
+        line["message"] = record.getMessage()
         request_id = request_id_var.get()
         if request_id and "request_id" not in line:
             line["request_id"] = request_id
@@ -215,11 +201,32 @@ def logging_config(*, level: str = "INFO", fmt: str = "json", file: str = "") ->
             "django": {"handlers": [], "level": level, "propagate": True},
             "django.server": {"handlers": [], "level": level, "propagate": True},
             "django.db.backends": {"level": "WARNING"},
-            # gunicorn's own loggers, when it runs the service (deploy/gunicorn.conf.py).
-            "gunicorn.error": {"handlers": [], "level": level, "propagate": True},
-            "gunicorn.access": {"handlers": [], "level": "INFO", "propagate": True},
+            # granian's own lines, when it runs the service (deploy/serve.py).
+            "_granian": {"handlers": [], "level": level, "propagate": True},
+            "granian.access": {"handlers": [], "level": "INFO", "propagate": True},
+            ACCESS_LOGGER.name: {"handlers": [], "level": "INFO", "propagate": True},
         },
     }
+
+
+# --- The access log ---------------------------------------------------------------------------
+
+ACCESS_LOGGER = logging.getLogger("billing.access")
+
+
+def access_line(environ: dict, status: str, headers: list, size: int,
+                seconds: float) -> None:
+    """One line per request, as a server's access log has it, with the request id the
+    response carries (the request's own id is cleared once the response is closed)."""
+    fields = {"remote_addr": environ.get("REMOTE_ADDR"),
+              "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+              "query": environ.get("QUERY_STRING"), "status": int(status[:3]),
+              "bytes": size, "duration_ms": round(seconds * 1000, 3),
+              "user_agent": environ.get("HTTP_USER_AGENT")}
+    for name, value in headers:
+        if name.lower() == "x-request-id":
+            fields["request_id"] = value
+    ACCESS_LOGGER.info("request", extra={k: v for k, v in fields.items() if v not in (None, "")})
 
 
 # --- Celery: the request id travels with the tasks a request enqueues -------------------------

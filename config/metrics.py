@@ -4,10 +4,10 @@ Observed where calls come in, not inside services: the run path's base view (lat
 outcome of each call), the Stripe webhook view, and Celery's task signals. The run path
 pays one histogram observe and one counter increment per call, no query.
 
-Under gunicorn every worker process keeps its own numbers: with PROMETHEUS_MULTIPROC_DIR
-set (deploy/gunicorn.conf.py sets it), prometheus_client writes them to files there and
-/metrics adds up all processes' files, so any worker answers for the whole server. Celery
-workers on the same host that share the directory are counted too."""
+Under the production server every worker process keeps its own numbers: with
+PROMETHEUS_MULTIPROC_DIR set (deploy/serve.py sets it), prometheus_client writes them to
+files there and /metrics adds up all processes' files, so any worker answers for the
+whole server. Celery workers on the same host that share the directory are counted too."""
 
 import json
 import os

@@ -313,6 +313,9 @@ AUTO_SCALE_WAIT_SECONDS = env_int("AUTO_SCALE_WAIT_SECONDS", 30)
 LOGGING = logging_config(level=os.environ.get("LOG_LEVEL", "INFO"),
                          fmt=os.environ.get("LOG_FORMAT", "json"),
                          file=os.environ.get("LOG_FILE", ""))
+# One JSON line per request (the server's access log, written by the service so that it
+# carries the request id): on under deploy/serve.py, off elsewhere (runserver has its own).
+ACCESS_LOG = env_bool("ACCESS_LOG")
 
 # --- Staff console ------------------------------------------------------------------------
 # The most a member of the Support group may grant in one action (Finance: no limit).

@@ -21,6 +21,7 @@ that go the whole way."""
 
 import os
 import re
+import time
 
 from django.conf import settings
 from django.core.handlers.exception import response_for_exception
@@ -30,7 +31,7 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import get_resolver
 
-from config.logs import request_id_begin
+from config.logs import access_line, request_id_begin
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -132,8 +133,65 @@ _MACHINE_PREFIXES = settings.MACHINE_PATH_PREFIXES
 _BROWSER_PREFIXES = settings.BROWSER_PATH_PREFIXES
 
 
-def application(environ, start_response):
+def _handler(environ) -> WSGIHandler:
     path = environ.get("PATH_INFO", "")
     if path.startswith(_MACHINE_PREFIXES) and not path.startswith(_BROWSER_PREFIXES):
-        return machine_application(environ, start_response)
-    return browser_application(environ, start_response)
+        return machine_application
+    return browser_application
+
+
+def _whole(response):
+    """A response whose body is already in memory as one list of bytes, closed: the
+    server then writes it in one go (granian copies a list at once, but iterates anything
+    else chunk by chunk, calling back into Python). Closing it ends Django's request
+    (request_finished) as the server's close() would have. A streamed body is left as
+    it is."""
+    if getattr(response, "streaming", True):
+        return response
+    content = response.content
+    response.close()
+    return [content]
+
+
+def _served(environ, start_response):
+    return _whole(_handler(environ)(environ, start_response))
+
+
+def _served_and_logged(environ, start_response):
+    started = time.perf_counter()
+    answer = []
+
+    def start(status, headers, exc_info=None):
+        answer[:] = (status, headers)
+        return start_response(status, headers, exc_info)
+
+    body = _served(environ, start)
+    if isinstance(body, list):
+        access_line(environ, *answer, len(body[0]), time.perf_counter() - started)
+        return body
+    return _LoggedStream(body, environ, answer, started)
+
+
+class _LoggedStream:
+    """A streamed body (a CSV export, a static file) counted as it is sent, its access
+    line written when the server closes it."""
+
+    def __init__(self, body, environ, answer, started):
+        self.body, self.environ, self.answer, self.started = body, environ, answer, started
+        self.size = 0
+
+    def __iter__(self):
+        for chunk in self.body:
+            self.size += len(chunk)
+            yield chunk
+
+    def close(self):
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            access_line(self.environ, *self.answer, self.size,
+                        time.perf_counter() - self.started)
+
+
+application = _served_and_logged if settings.ACCESS_LOG else _served

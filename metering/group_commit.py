@@ -9,7 +9,7 @@ a request thread queues its item; if no batch is in flight it leads: it takes ev
 queued at that moment, runs it as one statement on its own database connection, and
 hands each waiter its own answer; the first of the items queued meanwhile then leads the
 next batch. A batch of one is today's single statement, so an idle server pays nothing.
-Under gunicorn's gthread workers the batches form among the threads of one process.
+The batches form among the threads of one server process.
 
 Each item is still decided alone, against its own account, key and request id (the batch
 functions in metering/group_commit_sql.py apply the single statements' own text item by

@@ -146,8 +146,9 @@ def run_concurrently(calls: list[Callable[[], object]], timeout: float = 60) -> 
 
 
 def wsgi_call(method: str, path: str, body: bytes = b"", **headers) -> tuple[str, dict, bytes]:
-    """A request through the service's own WSGI entry point (as gunicorn serves it): its
-    status line, headers and body. Header names as keywords: authorization="Bearer ..."."""
+    """A request through the service's own WSGI entry point (as the production server
+    serves it): its status line, headers and body. Header names as keywords:
+    authorization="Bearer ..."."""
     from io import BytesIO
     from wsgiref.util import setup_testing_defaults
 
@@ -175,7 +176,8 @@ def wsgi_call(method: str, path: str, body: bytes = b"", **headers) -> tuple[str
     try:
         response = application(environ, start_response)
         content = b"".join(response)
-        response.close()
+        if hasattr(response, "close"):  # as a WSGI server does
+            response.close()
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)

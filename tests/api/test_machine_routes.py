@@ -51,7 +51,7 @@ def test_the_run_path_is_tried_first():
 def test_authorize_and_settle_through_the_wsgi_entry_point():
     # given a customer
     customer = customer_create(purchased_usd=10)
-    # when the gateway authorizes and settles through the entry point gunicorn serves
+    # when the gateway authorizes and settles through the entry point the production server serves
     status, headers, content = wsgi_call("POST", "/internal/v1/authorize",
                                          json.dumps(authorize_body(customer)).encode(),
                                          authorization=AUTHORIZATION)

@@ -1,9 +1,10 @@
 """Set-up for the operations tests: private PostgreSQL and Redis servers that a test may
-stop and start (never the machine's shared ones), and the service under gunicorn with its
-production configuration (deploy/gunicorn.conf.py)."""
+stop and start (never the machine's shared ones), and the service as production runs it
+(deploy/serve.py: granian and the service's own settings for it)."""
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import socket
@@ -135,40 +136,57 @@ def private_redis():
     server.stop()
 
 
-class Gunicorn:
+class ProductionServer:
+    """`python deploy/serve.py` on a free port, its output (JSON lines) in log_path."""
+
     def __init__(self, *, env: dict, log_path: Path, workers: int = 2):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        gunicorn = Path(sys.executable).with_name("gunicorn")
-        self.env = {**os.environ, **env, "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-                    "WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": "2"}
+        self.env = {**os.environ, **env, "SERVER_BIND": f"127.0.0.1:{self.port}",
+                    "WEB_CONCURRENCY": str(workers), "SERVER_THREADS": "2"}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(gunicorn), "-c", "deploy/gunicorn.conf.py"], cwd=settings.BASE_DIR,
+                [sys.executable, "deploy/serve.py"], cwd=settings.BASE_DIR,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._up, timeout=60, message="gunicorn to answer")
+        wait_for(self._up, timeout=60, message="the production server to answer")
+        wait_for(lambda: len(self.worker_pids()) == workers, timeout=30,
+                 message=f"{workers} workers")
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError("gunicorn exited:\n" + self.log_path.read_text())
+            raise AssertionError("the server exited:\n" + self.log_path.read_text())
         try:
             return requests.get(f"{self.url}/healthz", timeout=5).ok
         except requests.RequestException:
             return False
 
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def log_lines(self) -> list[dict]:
+        lines = []
+        for text in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(text))
+        return lines
+
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=60)
 
 
 @pytest.fixture
-def gunicorn_server(tmp_path):
+def production_server(tmp_path):
     servers = []
 
-    def start(**env) -> Gunicorn:
-        server = Gunicorn(env=env, log_path=tmp_path / f"gunicorn-{len(servers)}.log")
+    def start(**env) -> ProductionServer:
+        server = ProductionServer(env=env, log_path=tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         return server
 

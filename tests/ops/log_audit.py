@@ -1,6 +1,6 @@
 """Reads the log of a whole test run and fails if a secret is in it: `make test` runs the
 suite with LOG_FILE set (every process of the run appends its JSON lines there: the test
-process, the live server, gunicorn and Celery workers the tests start), then
+process, the live server, the production server and Celery workers the tests start), then
 
     python -m tests.ops.log_audit var/log/test-run.jsonl
 

@@ -25,10 +25,10 @@ def _readyz(server) -> requests.Response:
 
 
 def test_readyz_follows_postgresql_and_redis_going_away_and_coming_back(
-        private_postgres, private_redis, gunicorn_server):
-    # Given the service under gunicorn (its production configuration), on a PostgreSQL
+        private_postgres, private_redis, production_server):
+    # Given the service as production runs it (deploy/serve.py), on a PostgreSQL
     # and a Redis of its own
-    server = gunicorn_server(DATABASE_URL=private_postgres.url, REDIS_URL=private_redis.url,
+    server = production_server(DATABASE_URL=private_postgres.url, REDIS_URL=private_redis.url,
                              BILLING_INTERNAL_TOKENS=INTERNAL_TOKEN, READYZ_TIMEOUT_SECONDS="2")
     first = _readyz(server)
     assert first.status_code == 200, first.text

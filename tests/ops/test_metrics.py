@@ -2,6 +2,8 @@
 that really happened."""
 
 import json
+import os
+import signal
 import time
 import uuid
 from datetime import timedelta
@@ -17,6 +19,7 @@ from billing.tasks import auto_reload_for_crossing
 from metering.models import Hold
 from metering.tasks import holds_expire_due, holds_expire_for_account
 from tests.conftest import INTERNAL_TOKEN
+from tests.ops.conftest import wait_for
 from tests.runpath import MODEL_7B, authorize_body, balance_set, customer_create, usd
 
 pytestmark = pytest.mark.django_db
@@ -162,23 +165,42 @@ def test_celery_outcomes_expired_holds_and_reloads_are_counted(client, catalog, 
     assert delta("billing_auto_reloads_total", outcome="skipped") == 1
 
 
-def test_metrics_add_up_every_gunicorn_worker(gunicorn_server):
-    # Given the service under gunicorn with two worker processes (on the test database)
+def test_metrics_add_up_every_worker_and_keep_a_dead_workers_numbers(production_server):
+    # Given the service as production runs it, with two worker processes (on the test
+    # database)
     from django.db import connection
 
     db = connection.settings_dict
-    server = gunicorn_server(
+    server = production_server(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         BILLING_INTERNAL_TOKENS=INTERNAL_TOKEN)
-    headers = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
+    headers = {"Authorization": f"Bearer {INTERNAL_TOKEN}", "Connection": "close"}
+
+    def releases(count: int) -> None:
+        for _ in range(count):
+            answer = requests.post(f"{server.url}/internal/v1/holds/{uuid.uuid4()}/release",
+                                   json={}, headers=headers, timeout=10)
+            assert answer.status_code == 404
+
+    def counted() -> float:
+        text = requests.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+        return value(samples(text), "billing_run_path_outcomes_total", call="release",
+                     outcome="hold_not_found")
+
     # When 20 calls are answered, each on a new connection (so by either worker)
-    for _ in range(20):
-        answer = requests.post(f"{server.url}/internal/v1/holds/{uuid.uuid4()}/release",
-                               json={}, headers={**headers, "Connection": "close"}, timeout=10)
-        assert answer.status_code == 404
+    releases(20)
     # Then any worker's /metrics counts all 20
     for _ in range(4):
-        text = requests.get(f"{server.url}/metrics", headers={**headers, "Connection": "close"},
-                            timeout=10).text
-        assert value(samples(text), "billing_run_path_outcomes_total", call="release",
-                     outcome="hold_not_found") == 20
+        assert counted() == 20
+
+    # When a worker dies (SIGKILL: it cleans nothing up)
+    first_workers = server.worker_pids()
+    os.kill(first_workers[0], signal.SIGKILL)
+    # Then another takes its place, the server answers, and the dead worker's numbers
+    # still count beside the new calls'
+    wait_for(lambda: len(set(server.worker_pids()) - set(first_workers)) == 1, timeout=30,
+             message="a new worker in the dead one's place")
+    releases(5)
+    for _ in range(4):
+        assert counted() == 25
+    assert server.process.poll() is None

@@ -13,6 +13,7 @@ import requests
 from django.conf import settings as django_settings
 
 from accounts.models import User
+from tests.ops.conftest import wait_for
 
 PRODUCTION_ENV = {
     "DJANGO_PRODUCTION": "1",
@@ -58,11 +59,11 @@ def collected_static(tmp_path_factory):
 
 
 def test_production_headers_cookies_redirects_and_static_files(
-        gunicorn_server, collected_static, django_db_setup):
+        production_server, collected_static, django_db_setup):
     from django.db import connection
 
     db = connection.settings_dict
-    server = gunicorn_server(
+    server = production_server(
         **PRODUCTION_ENV, DJANGO_STATIC_ROOT=str(collected_static),
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}")
     https = {"X-Forwarded-Proto": "https", "Host": "billing.example.com"}
@@ -99,6 +100,31 @@ def test_production_headers_cookies_redirects_and_static_files(
     assert asset.headers["Content-Type"].startswith("text/css")
     assert "max-age=315360000" in asset.headers["Cache-Control"]
     assert asset.headers.get("Content-Encoding") == "gzip"
+
+    # The access log: one JSON line per request, with the id each response carried and
+    # the size it sent (a file streamed by whitenoise counted as it went out)
+    def access_line(path: str, status: int = 200) -> dict:
+        found = [line for line in server.log_lines()
+                 if line.get("logger") == "billing.access" and line.get("path") == path
+                 and line.get("status") == status]
+        assert len(found) == 1, (path, found)
+        return found[0]
+
+    wait_for(lambda: any(line.get("path") == stylesheet.group(1)
+                         for line in server.log_lines()), timeout=10,
+             message="the static file's access line")
+    page_line = access_line("/admin/login/")
+    assert page_line["request_id"] == page.headers["X-Request-Id"]
+    assert (page_line["method"], page_line["status"], page_line["bytes"]) == \
+        ("GET", 200, len(page.content))
+    assert page_line["remote_addr"] == "127.0.0.1"
+    assert page_line["user_agent"].startswith("python-requests/")
+    assert page_line["duration_ms"] > 0
+    asset_line = access_line(stylesheet.group(1))
+    assert (asset_line["status"], asset_line["bytes"]) == \
+        (200, int(asset.headers["Content-Length"]))
+    redirect_line = access_line("/admin/login/", 301)
+    assert redirect_line["request_id"] == plain.headers["X-Request-Id"]
 
 
 class _Links(HTMLParser):

@@ -1,4 +1,5 @@
-"""What the fault figures (4 and 11) share: the service under gunicorn (bench/server.py),
+"""What the fault figures (4 and 11) share: the service under its production server
+(deploy/serve.py, started by bench/server.py),
 gateway callers that keep authorizing and settling through it and remember every call
 that got no final answer, private PostgreSQL and Redis servers the test may stop, and
 the books read back from a database."""
@@ -30,8 +31,8 @@ def pg_bin(name: str) -> str:
     return found[-1]
 
 
-def gunicorn(*, database_url: str, redis_url: str, token: str, log_path: Path,
-             config: str = "gthread:2x4", **env) -> Server:
+def production_server(*, database_url: str, redis_url: str, token: str, log_path: Path,
+                      config: str = "granian:2x4", **env) -> Server:
     server = Server(ServerConfig.parse(config), database_url=database_url,
                     redis_url=redis_url, token=token, log_path=log_path)
     server.env.update({name: str(value) for name, value in env.items()})

@@ -1,5 +1,5 @@
-"""Figures 4 and 11: the service under gunicorn, killed with SIGKILL under load, and its
-PostgreSQL and Redis stopped and frozen under load (private servers this test starts,
+"""Figures 4 and 11: the service under its production server, killed with SIGKILL under
+load, and its PostgreSQL and Redis stopped and frozen under load (private servers this test starts,
 never the machine's shared ones). Every call without a final answer is retried as the
 gateway would (by request_id, then by hold); then no request has two holds, every hold
 ended once, nothing was charged twice, and the books balance."""
@@ -22,8 +22,8 @@ from tests.prove.harness import (
     PrivatePostgres,
     PrivateRedis,
     books,
-    gunicorn,
     ledger_check,
+    production_server,
     server_kill,
 )
 from tests.runpath import (
@@ -75,16 +75,17 @@ KILL_LOAD_SECONDS = scaled(ci=3, full=10)
 KILLS = scaled(ci=1, full=3)
 
 
-@pytest.mark.figure(4, tried="gunicorn (gthread 2x4) on the test database under 6 gateway "
-                    "threads of authorize+settle; SIGKILL to master and workers mid-load, "
-                    "restarted; every unanswered call retried by request_id or hold")
+@pytest.mark.figure(4, tried="the production server (granian 2x4) on the test database "
+                    "under 6 gateway threads of authorize+settle; SIGKILL to master and "
+                    "workers mid-load, restarted; every unanswered call retried by "
+                    "request_id or hold")
 def test_sigkill_under_load_loses_and_doubles_nothing(tmp_path, figure):
     customers = [customer_create(purchased_usd=1_000) for _ in range(3)]
     for customer in customers:
         balance_set(account_id=customer.account_id, balance_nanos=500 * USD)
     callers = [Caller(customer.key, MODEL_7B, OPEN_USAGE) for customer in customers * 2]
-    server = gunicorn(database_url=test_database_url(), redis_url=settings.REDIS_URL,
-                      token=INTERNAL_TOKEN, log_path=tmp_path / "gunicorn.log")
+    server = production_server(database_url=test_database_url(), redis_url=settings.REDIS_URL,
+                               token=INTERNAL_TOKEN, log_path=tmp_path / "server.log")
     server.start()
     gateway = Gateway(port_of=lambda: server.port, token=INTERNAL_TOKEN, callers=callers,
                       prefix="kill")
@@ -153,9 +154,9 @@ def phase_report(gateway, name, started, ended, affected: set[int], bound: float
             "recovery": max(firsts), "unaffected_ok": sum(o.status == 200 for o in unaffected)}
 
 
-@pytest.mark.figure(11, tried="private PostgreSQL (initdb, pg_ctl) and Redis; gunicorn on "
-                    "them; 2 open-model callers and 1 free-plan closed-model caller (needs "
-                    "Redis); PostgreSQL stopped and restarted, Redis stopped and restarted, "
+@pytest.mark.figure(11, tried="private PostgreSQL (initdb, pg_ctl) and Redis; the production "
+                    "server on them; 2 open-model callers and 1 free-plan closed-model caller "
+                    "(needs Redis); PostgreSQL stopped and restarted, Redis stopped and restarted, "
                     "Redis frozen (SIGSTOP) and thawed")
 def test_outages_answer_503_json_in_bounded_time_and_recover(tmp_path, figure):
     opened = [customer_create(purchased_usd=1_000) for _ in range(2)]
@@ -170,8 +171,8 @@ def test_outages_answer_503_json_in_bounded_time_and_recover(tmp_path, figure):
         postgres.init()
         postgres.copy_from(test_database_url())
         redis_server.start()
-        server = gunicorn(database_url=postgres.url, redis_url=redis_server.url,
-                          token=INTERNAL_TOKEN, log_path=tmp_path / "gunicorn.log")
+        server = production_server(database_url=postgres.url, redis_url=redis_server.url,
+                                   token=INTERNAL_TOKEN, log_path=tmp_path / "server.log")
         server.start()
         callers = [Caller(c.key, MODEL_7B, OPEN_USAGE) for c in opened]
         callers.append(Caller(free.key, MODEL_CLOSED_CHEAP,
