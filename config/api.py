@@ -283,11 +283,14 @@ class IsServiceCaller(BasePermission):
 
 class IsServiceCallerOrStaff(BasePermission):
     """The API's description: for the platform's services, and for staff signed in to
-    the console (who read it in a browser). Anyone else gets the contract's 401."""
+    the console with both factors (who read it in a browser), as the console itself
+    requires. Anyone else gets the contract's 401."""
 
     def has_permission(self, request, view):
-        if isinstance(request.user, ServiceCaller) or (
-                getattr(request.user, "is_staff", False) and request.user.is_active):
+        user = request.user
+        if isinstance(user, ServiceCaller) or (
+                getattr(user, "is_staff", False) and user.is_active
+                and getattr(user, "is_verified", lambda: False)()):
             return True
         raise exceptions.NotAuthenticated()
 

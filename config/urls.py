@@ -1,5 +1,4 @@
 from django.contrib import admin
-from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularRedocView
@@ -18,10 +17,10 @@ internal_v1 = [
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
     # The description is for the platform's services and for staff signed in to the
-    # console; the readable page sends others to the console's login.
+    # console with both factors; the readable page sends others to the console's login.
     path("schema", InternalSchemaApi.as_view(), name="internal-schema"),
     # Its assets are the service's own (drf-spectacular-sidecar): readable offline.
-    path("docs", staff_member_required(SpectacularRedocView.as_view(
+    path("docs", admin.site.admin_view(SpectacularRedocView.as_view(
         url_name="internal-schema", template_name="api/redoc.html")),
         name="internal-docs"),
     # Any other path under /internal/v1/, newlines included: 401 without a service

@@ -6,6 +6,7 @@ import yaml
 from django.test import override_settings
 
 from accounts.models import User
+from tests.console.support import otp_login, staff_user
 from tests.support import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -106,10 +107,16 @@ def test_staff_signed_in_to_the_console_read_the_schema_and_its_page(client):
     client.force_login(customer)
     assert client.get("/internal/v1/schema").status_code == 401
 
-    # Staff signed in read both.
-    staff = User.objects.create_user(email="staff@example.com", password="pw-staff-1",
-                                     is_staff=True)
+    # Staff with a password only (not through the console's second factor): neither,
+    # as the console itself would not let them in.
+    staff = staff_user("staff@example.com")
     client.force_login(staff)
+    docs = client.get("/internal/v1/docs")
+    assert docs.status_code == 302 and docs["Location"].startswith("/admin/login/")
+    assert_error(client.get("/internal/v1/schema?format=json"), 401, "unauthorized")
+
+    # Staff signed in with both factors read both.
+    otp_login(client, staff)
     assert client.get("/internal/v1/docs").status_code == 200
     schema = client.get("/internal/v1/schema?format=json")
     assert schema.status_code == 200

@@ -12,7 +12,7 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from accounts.models import User
+from tests.console.support import otp_login, staff_user
 from tests.ops.conftest import wait_for
 
 PRODUCTION_ENV = {
@@ -139,8 +139,7 @@ class _Links(HTMLParser):
 
 
 def test_the_api_docs_load_nothing_from_another_host(client, db):
-    staff = User.objects.create_superuser(email="ops-docs@example.com", password="pw-docs-1")
-    client.force_login(staff)
+    otp_login(client, staff_user("ops-docs@example.com", superuser=True))
 
     page = client.get("/internal/v1/docs")
 
