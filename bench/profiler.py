@@ -311,19 +311,24 @@ def worker_main(argv: list[str]) -> None:
         node = plan.get("Plan", {})
         entry = statements.setdefault(name, {"calls": 0, "ms": 0.0, "wal_records": 0,
                                              "wal_bytes": 0, "shared_hit": 0,
-                                             "shared_dirtied": 0})
+                                             "shared_dirtied": 0, "jit": 0, "cost": 0.0})
         entry["calls"] += 1
         entry["ms"] += float(node.get("Actual Total Time", 0.0))
         entry["wal_records"] += int(node.get("WAL Records", 0))
         entry["wal_bytes"] += int(node.get("WAL Bytes", 0))
         entry["shared_hit"] += int(node.get("Shared Hit Blocks", 0))
         entry["shared_dirtied"] += int(node.get("Shared Dirtied Blocks", 0))
+        # JIT compiles a plan whose estimated cost passes jit_above_cost, at every run.
+        entry["jit"] += "JIT" in plan
+        entry["cost"] = max(entry["cost"], float(node.get("Total Cost", 0.0)))
     per_pair = {name: {"calls_per_pair": e["calls"] / args.explain_pairs,
                        "us_per_pair": 1000 * e["ms"] / args.explain_pairs,
                        "wal_records_per_pair": e["wal_records"] / args.explain_pairs,
                        "wal_bytes_per_pair": e["wal_bytes"] / args.explain_pairs,
                        "buffers_hit_per_pair": e["shared_hit"] / args.explain_pairs,
-                       "buffers_dirtied_per_pair": e["shared_dirtied"] / args.explain_pairs}
+                       "buffers_dirtied_per_pair": e["shared_dirtied"] / args.explain_pairs,
+                       "jit_per_pair": e["jit"] / args.explain_pairs,
+                       "planner_cost_max": e["cost"]}
                 for name, e in statements.items()}
     print(json.dumps({"app_cpu_us": app_cpu * 1e6, "wall_us": wall * 1e6,
                       "backend_cpu_us": db_cpu * 1e6, "wal_per_pair": wal,
@@ -423,7 +428,8 @@ def print_tables(result: dict) -> None:
           f"backends and background processes); in-process wall {inproc['wall_us']:.0f} us "
           "a pair")
     print("| database side, one pair | calls | exec us | WAL records | WAL bytes | "
-          "buffers hit | dirtied |\n|---|---:|---:|---:|---:|---:|---:|")
+          "buffers hit | dirtied | planner cost | JIT |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, entry in sorted(inproc["statements"].items(),
                               key=lambda item: (not item[0].startswith(("authorize",
                                                                         "settle")),
@@ -431,10 +437,11 @@ def print_tables(result: dict) -> None:
         print(f"| {name.strip() if not name.startswith('  ') else '... ' + name.strip()} | "
               f"{entry['calls_per_pair']:.2f} | {entry['us_per_pair']:.0f} | "
               f"{entry['wal_records_per_pair']:.1f} | {entry['wal_bytes_per_pair']:.0f} | "
-              f"{entry['buffers_hit_per_pair']:.1f} | {entry['buffers_dirtied_per_pair']:.1f} |")
+              f"{entry['buffers_hit_per_pair']:.1f} | {entry['buffers_dirtied_per_pair']:.1f} | "
+              f"{entry.get('planner_cost_max', 0):.0f} | {entry.get('jit_per_pair', 0):.2f} |")
     print(f"| WAL flush at commit (this backend's fdatasync; track_wal_io_timing) | "
           f"{wal['wal_sync']:.2f} syncs (whole server) | {1000 * wal['wal_sync_time_ms']:.0f} "
-          f"| {wal['wal_records']:.1f} (whole server) | {wal['wal_bytes']:.0f} | | |")
+          f"| {wal['wal_records']:.1f} (whole server) | {wal['wal_bytes']:.0f} | | | | |")
     print("")
     print("Largest functions of each category (self CPU us per pair, profiled):")
     for name, items in inproc["category_functions"].items():
