@@ -52,7 +52,7 @@ def low_balance_event_open(*, account: Account, threshold_nanos: int,
 def low_balance_event_dispatch(*, event_id: int) -> None:
     """Hand a committed crossing to auto-reload and to its email. A broker that cannot
     take the task does not fail the caller: the periodic sweep picks up crossings nobody
-    handled (for auto-reload; an email not enqueued is logged)."""
+    handled (for auto-reload, and for the email: billing.tasks.money_emails_unsent_send)."""
     # Tasks are entry points above the services: imported at call time, not at load.
     from billing.tasks import auto_reload_for_crossing  # noqa: PLC0415
 

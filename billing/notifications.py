@@ -49,9 +49,15 @@ def _when(moment: datetime) -> str:
     return f"{_day(moment)}, {moment.astimezone(UTC):%H:%M} UTC"
 
 
+# An email whose task could not be enqueued (the broker was down) is sent by the sweep
+# (billing.tasks.money_emails_unsent_send) once it is this late, for things this recent.
+UNSENT_AFTER = timedelta(minutes=5)
+UNSENT_WITHIN = timedelta(days=3)
+
+
 def _enqueue(task_name: str, *args) -> None:
     """Hand an email to a worker. A broker that cannot take it does not fail the caller
-    (the money moved already); the email is then lost, and logged."""
+    (the money moved already); it is logged, and the sweep sends the email later."""
     # Tasks are entry points above the services: imported at call time, not at load.
     from billing import tasks  # noqa: PLC0415
 
@@ -140,6 +146,25 @@ def auto_reload_failed_notify(*, account_id: UUID, reason: str) -> bool:
         })
 
 
+def _not_emailed(kind: str, ids: list) -> list:
+    sent = set(EmailNotice.objects.filter(kind=kind, subject_key__in=[str(i) for i in ids])
+               .values_list("subject_key", flat=True))
+    return [i for i in ids if str(i) not in sent]
+
+
+def money_emails_unsent(*, now: datetime) -> tuple[list[UUID], list[int]]:
+    """Receipts and low-balance emails that should have gone out and did not: purchases
+    and crossings recorded between UNSENT_WITHIN and UNSENT_AFTER ago with no email sent
+    about them (their task was never enqueued, or failed for good). Oldest first."""
+    window = (now - UNSENT_WITHIN, now - UNSENT_AFTER)
+    purchase_ids = list(Purchase.objects.filter(purchased_at__range=window)
+                        .order_by("purchased_at", "id").values_list("id", flat=True))
+    event_ids = list(LowBalanceEvent.objects.filter(created_at__range=window)
+                     .order_by("created_at", "id").values_list("id", flat=True))
+    return (_not_emailed(EmailNotice.Kind.PURCHASE_RECEIPT, purchase_ids),
+            _not_emailed(EmailNotice.Kind.LOW_BALANCE, event_ids))
+
+
 def credit_expiring_lot_ids(*, now: datetime) -> list[UUID]:
     """Lots with credit left that expire within CREDIT_EXPIRY_NOTICE_AHEAD and were not
     announced yet. Found through the accounts whose earliest expiry is that close (an
@@ -149,11 +174,7 @@ def credit_expiring_lot_ids(*, now: datetime) -> list[UUID]:
         account__credit_valid_until__lte=horizon, expires_at__gt=now,
         expires_at__lte=horizon, remaining_nanos__gt=0, expired_at__isnull=True,
     ).exclude(source__in=CREDIT_EXPIRY_NOT_ANNOUNCED).values_list("id", flat=True))
-    announced = set(EmailNotice.objects.filter(
-        kind=EmailNotice.Kind.CREDIT_EXPIRING,
-        subject_key__in=[str(lot_id) for lot_id in lot_ids]).values_list("subject_key",
-                                                                         flat=True))
-    return [lot_id for lot_id in lot_ids if str(lot_id) not in announced]
+    return _not_emailed(EmailNotice.Kind.CREDIT_EXPIRING, lot_ids)
 
 
 def credit_expiring_email_send(*, lot_id: UUID | str, now: datetime | None = None) -> bool:

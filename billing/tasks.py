@@ -88,6 +88,16 @@ def credit_expiring_email(lot_id: str) -> None:
 
 
 @shared_task
+def money_emails_unsent_send() -> int:
+    purchase_ids, event_ids = notifications.money_emails_unsent(now=timezone.now())
+    for purchase_id in purchase_ids:
+        purchase_receipt_email.delay(str(purchase_id))
+    for event_id in event_ids:
+        low_balance_email.delay(event_id)
+    return len(purchase_ids) + len(event_ids)
+
+
+@shared_task
 def credit_expiring_emails_due() -> int:
     lot_ids = notifications.credit_expiring_lot_ids(now=timezone.now())
     for lot_id in lot_ids:

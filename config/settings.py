@@ -240,6 +240,11 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "billing@example.com")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Where customers reach the dashboard: emails link to its pages from here.
 SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000")
+# Receipts and low-balance emails whose task was never enqueued (the broker was down).
+CELERY_BEAT_SCHEDULE["email-money-unsent"] = {
+    "task": "billing.tasks.money_emails_unsent_send",
+    "schedule": timedelta(minutes=5),
+}
 CELERY_BEAT_SCHEDULE["email-credit-expiring-soon"] = {
     "task": "billing.tasks.credit_expiring_emails_due",
     "schedule": timedelta(minutes=15),

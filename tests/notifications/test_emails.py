@@ -393,3 +393,69 @@ def test_two_beats_at_once_send_one_email_per_lot(lots, mailoutbox):
 ])
 def test_dollars_are_shown_with_the_digits_that_matter(nanos, shown):
     assert usd_display(nanos) == shown
+
+
+# --- Emails whose task was never enqueued ----------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_receipt_and_a_low_balance_email_lost_to_a_down_broker_are_sent_by_the_sweep_once(
+        reloading_account, mailoutbox, eager_tasks, monkeypatch,  # noqa: F811
+        django_capture_on_commit_callbacks):
+    from kombu.exceptions import OperationalError
+
+    account = reloading_account
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    # Given the broker is down while a purchase and a crossing commit
+    with monkeypatch.context() as down:
+        for task in (tasks.purchase_receipt_email, tasks.low_balance_email,
+                     tasks.auto_reload_for_crossing):
+            down.setattr(task, "delay", broker_down)
+        with django_capture_on_commit_callbacks(execute=True):
+            purchase, _ = purchase_record(
+                account_id=account.id, amount_nanos=20 * USD, reference="INV-LOST-1",
+                kind=Purchase.Kind.INVOICE, cash_book=Book.EXTERNAL_CASH, now=T0)
+        with django_capture_on_commit_callbacks(execute=True):
+            credit_debit(account_id=account.id, amount_nanos=23 * USD, reason="use", now=T0)
+    [event] = LowBalanceEvent.objects.filter(account=account)
+    # the money moved, and no email went out
+    assert Purchase.objects.filter(id=purchase.id).exists()
+    assert mailoutbox == [] and not EmailNotice.objects.exists()
+
+    # When the sweep runs before they are 5 minutes late: nothing yet (the task may still
+    # be on its way)
+    with time_machine.travel(T0 + timedelta(minutes=4), tick=False):
+        assert tasks.money_emails_unsent_send.apply().result == 0
+    assert mailoutbox == []
+
+    # Then once they are late, each goes out once, however often the sweep runs
+    with time_machine.travel(T0 + timedelta(minutes=6), tick=False):
+        assert tasks.money_emails_unsent_send.apply().result == 2
+        assert tasks.money_emails_unsent_send.apply().result == 0
+    assert sorted(email.subject for email in mailoutbox) == [
+        "Your balance is below $3.00",
+        "Your receipt: $20.00 of credit, 2 Mar 2026, 09:30 UTC"]
+    assert {(n.kind, n.subject_key) for n in EmailNotice.objects.all()} == {
+        ("purchase_receipt", str(purchase.id)), ("low_balance", str(event.id))}
+
+    # And things older than 3 days are left alone (the sweep is not a backfill)
+    with time_machine.travel(T0 + timedelta(days=4), tick=False):
+        EmailNotice.objects.all().delete()
+        assert tasks.money_emails_unsent_send.apply().result == 0
+
+
+@pytest.mark.django_db
+def test_the_sweep_leaves_emails_that_went_out_on_time(mailoutbox, eager_tasks,  # noqa: F811
+                                                        django_capture_on_commit_callbacks):
+    account = AccountFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        purchase_record(account_id=account.id, amount_nanos=10 * USD, reference="INV-OK-1",
+                        kind=Purchase.Kind.INVOICE, cash_book=Book.EXTERNAL_CASH, now=T0)
+    assert len(mailoutbox) == 1
+
+    with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+        assert tasks.money_emails_unsent_send.apply().result == 0
+    assert len(mailoutbox) == 1
