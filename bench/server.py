@@ -90,6 +90,13 @@ def http_get_status(port: int, path: str, timeout: float = 2.0) -> int | None:
         conn.close()
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class Server:
     def __init__(self, config: ServerConfig, *, database_url: str, redis_url: str,
                  token: str, log_path: Path):
@@ -145,7 +152,8 @@ class Server:
                 children += [int(p) for p in (task / "children").read_text().split()]
             except OSError:
                 continue
-        return children
+        # Not multiprocessing's resource tracker, a child of granian's main process too.
+        return [child for child in children if not _is_resource_tracker(child)]
 
     def pids(self) -> list[int]:
         return ([self.process.pid] if self.process else []) + self.worker_pids()

@@ -19,6 +19,7 @@ sends the same requests both ways and compares the answers byte for byte.
 The run path's URLs also come first in the URLconf (config/urls.py), for the requests
 that go the whole way."""
 
+import logging
 import os
 import re
 import time
@@ -34,6 +35,7 @@ from django.urls import get_resolver
 from config.logs import access_line, request_id_begin
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+logger = logging.getLogger(__name__)
 
 browser_application = get_wsgi_application()
 
@@ -149,7 +151,11 @@ def _whole(response):
     if getattr(response, "streaming", True):
         return response
     content = response.content
-    response.close()
+    try:
+        response.close()
+    except Exception:
+        # As a server does when close() fails: the answer stands, the fault is logged.
+        logger.exception("closing the response failed")
     return [content]
 
 
@@ -165,9 +171,15 @@ def _served_and_logged(environ, start_response):
         answer[:] = (status, headers)
         return start_response(status, headers, exc_info)
 
-    body = _served(environ, start)
+    try:
+        body = _served(environ, start)
+    except BaseException:
+        access_line(environ, "500 Internal Server Error", [], 0,
+                    time.perf_counter() - started)
+        raise
     if isinstance(body, list):
-        access_line(environ, *answer, len(body[0]), time.perf_counter() - started)
+        sent = 0 if environ.get("REQUEST_METHOD") == "HEAD" else len(body[0])
+        access_line(environ, *answer, sent, time.perf_counter() - started)
         return body
     return _LoggedStream(body, environ, answer, started)
 

@@ -14,7 +14,10 @@ What the server does besides serving:
   own access line knows neither the response's headers nor its size;
 - workers recycled after SERVER_WORKER_LIFETIME_SECONDS (staggered: granian starts the
   new worker before stopping the old one) or when one grows past
-  SERVER_WORKER_MAX_RSS_MB, and a worker that dies is replaced;
+  SERVER_WORKER_MAX_RSS_MB, and a worker that dies is replaced (granian stops the whole
+  server instead when a worker dies within 5.5 s of its start: a crash loop);
+- idle keep-alive connections kept SERVER_KEEPALIVE_SECONDS (75), above a load
+  balancer's idle timeout;
 - a request's time is bounded by the service's own timeouts on everything it waits on
   (PostgreSQL statement and lock timeouts, Redis, Stripe, mail); at shutdown workers
   get SERVER_GRACEFUL_TIMEOUT seconds to finish what they serve, then are killed;
@@ -22,9 +25,13 @@ What the server does besides serving:
   /metrics adds them up (config/metrics.py); the directory is emptied at start and
   removed at exit when this script made it.
 
+Run it under a supervisor that stops the whole process group (systemd's default
+KillMode, a container): workers whose main process is killed outright keep serving.
+
 It lives outside the Python packages: it sets PROMETHEUS_MULTIPROC_DIR, which only the
 server's main process should do, before any worker imports prometheus_client."""
 
+import multiprocessing
 import os
 import shutil
 import sys
@@ -33,6 +40,7 @@ from pathlib import Path
 
 from granian import Granian
 from granian.constants import Interfaces
+from granian.http import HTTP1Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -70,9 +78,20 @@ def main() -> None:
     lifetime = env_int("SERVER_WORKER_LIFETIME_SECONDS", 6 * 3600)
     max_rss = env_int("SERVER_WORKER_MAX_RSS_MB", 1024)
     log_level = os.environ.get("LOG_LEVEL", "INFO")
+    # Workers start fresh rather than forked from this process: a forked worker inherits
+    # this process's SIGTERM handler, and a stop that reaches it while it is still
+    # loading the service is lost (it would start serving, then be killed mid-request).
+    multiprocessing.set_start_method("spawn", force=True)
     server = Granian(
         "config.wsgi:application", interface=Interfaces.WSGI, address=host, port=port,
         workers=workers, blocking_threads=threads, runtime_threads=1,
+        # Each thread keeps its database connection (and its prepared statements): an
+        # idle thread is retired only after 10 minutes, the longest granian allows.
+        blocking_threads_idle_timeout=600,
+        # An idle keep-alive connection stays open longer than a load balancer's (60 s
+        # on many), so the balancer never reuses one the server has just closed.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=env_int("SERVER_KEEPALIVE_SECONDS", 75) * 1000),
         respawn_failed_workers=True, workers_lifetime=max(lifetime, 60) if lifetime else None,
         workers_max_rss=max_rss or None,
         workers_kill_timeout=env_int("SERVER_GRACEFUL_TIMEOUT", 30),

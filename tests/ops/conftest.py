@@ -143,9 +143,11 @@ class ProductionServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.env = {**os.environ, **env, "SERVER_BIND": f"127.0.0.1:{self.port}",
+        # The test process's own metrics directory is not the server's (a test may
+        # give it one).
+        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.env = {**inherited, **env, "SERVER_BIND": f"127.0.0.1:{self.port}",
                     "WEB_CONCURRENCY": str(workers), "SERVER_THREADS": "2"}
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "deploy/serve.py"], cwd=settings.BASE_DIR,
@@ -163,11 +165,16 @@ class ProductionServer:
             return False
 
     def worker_pids(self) -> list[int]:
+        """The workers: the main process's children started by multiprocessing's spawn
+        (its resource tracker, also a child, is not one)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
+        workers = []
+        with contextlib.suppress(OSError):
+            for pid in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        workers.append(int(pid))
+        return workers
 
     def log_lines(self) -> list[dict]:
         lines = []

@@ -165,42 +165,53 @@ def test_celery_outcomes_expired_holds_and_reloads_are_counted(client, catalog, 
     assert delta("billing_auto_reloads_total", outcome="skipped") == 1
 
 
-def test_metrics_add_up_every_worker_and_keep_a_dead_workers_numbers(production_server):
+def test_metrics_add_up_every_worker_and_keep_a_dead_workers_numbers(production_server,
+                                                                     tmp_path):
     # Given the service as production runs it, with two worker processes (on the test
-    # database)
+    # database), its metrics files where the test can see which worker counted what
     from django.db import connection
 
     db = connection.settings_dict
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     server = production_server(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        BILLING_INTERNAL_TOKENS=INTERNAL_TOKEN)
+        BILLING_INTERNAL_TOKENS=INTERNAL_TOKEN, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     headers = {"Authorization": f"Bearer {INTERNAL_TOKEN}", "Connection": "close"}
 
-    def releases(count: int) -> None:
-        for _ in range(count):
-            answer = requests.post(f"{server.url}/internal/v1/holds/{uuid.uuid4()}/release",
-                                   json={}, headers=headers, timeout=10)
-            assert answer.status_code == 404
+    def release() -> None:
+        answer = requests.post(f"{server.url}/internal/v1/holds/{uuid.uuid4()}/release",
+                               json={}, headers=headers, timeout=10)
+        assert answer.status_code == 404
 
     def counted() -> float:
         text = requests.get(f"{server.url}/metrics", headers=headers, timeout=10).text
         return value(samples(text), "billing_run_path_outcomes_total", call="release",
                      outcome="hold_not_found")
 
-    # When 20 calls are answered, each on a new connection (so by either worker)
-    releases(20)
-    # Then any worker's /metrics counts all 20
-    for _ in range(4):
-        assert counted() == 20
+    def counting_workers() -> set[int]:
+        return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("counter_*.db")}
 
-    # When a worker dies (SIGKILL: it cleans nothing up)
+    # When calls are answered, each on a new connection, until both workers have
+    # answered some (a worker listens once it has loaded the service)
+    calls = 0
+    while counting_workers() != set(server.worker_pids()) or calls < 20:
+        assert calls < 400, (counting_workers(), server.worker_pids())
+        release()
+        calls += 1
+    # Then any worker's /metrics counts them all
+    for _ in range(4):
+        assert counted() == calls
+
+    # When a worker that counted some dies (SIGKILL: it cleans nothing up)
     first_workers = server.worker_pids()
     os.kill(first_workers[0], signal.SIGKILL)
     # Then another takes its place, the server answers, and the dead worker's numbers
     # still count beside the new calls'
     wait_for(lambda: len(set(server.worker_pids()) - set(first_workers)) == 1, timeout=30,
              message="a new worker in the dead one's place")
-    releases(5)
+    for _ in range(5):
+        release()
     for _ in range(4):
-        assert counted() == 25
+        assert counted() == calls + 5
     assert server.process.poll() is None
