@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,9 +153,13 @@ class ProductionServer:
             self.process = subprocess.Popen(
                 [sys.executable, "deploy/serve.py"], cwd=settings.BASE_DIR,
                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._up, timeout=60, message="the production server to answer")
-        wait_for(lambda: len(self.worker_pids()) == workers, timeout=30,
-                 message=f"{workers} workers")
+        try:
+            wait_for(self._up, timeout=60, message="the production server to answer")
+            wait_for(lambda: len(self.worker_pids()) == workers, timeout=30,
+                     message=f"{workers} workers")
+        except BaseException:
+            self.kill()  # a server that failed to start is not left running
+            raise
 
     def _up(self) -> bool:
         if self.process.poll() is not None:
@@ -185,7 +190,16 @@ class ProductionServer:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=60)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        for pid in [*self.worker_pids(), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 @pytest.fixture
