@@ -1,6 +1,7 @@
 """The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
 live server on PostgreSQL and localstripe, whose stand-in for Stripe.js renders the card
-form: buy credits with the test card, a declined card, cards, auto-reload. Screenshots of
+form: buy credits with the test card, a declined card, cards, auto-reload, subscribing to
+a plan and cancelling it. Screenshots of
 each page at 375 and 1280 px go to var/screenshots/."""
 
 import importlib
@@ -14,7 +15,7 @@ from django.apps import apps as django_apps
 from playwright.sync_api import expect
 
 from billing.account_opening import account_create
-from billing.models import BillingProfile, Card, CreditLot, Payment
+from billing.models import BillingProfile, Card, CreditLot, Payment, Purchase, Subscription
 from tests.billing.conftest import (  # noqa: F401 (fixtures)
     DECLINED_ON_CHARGE,
     DECLINED_ON_SAVE,
@@ -22,7 +23,9 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     _webhooks_registered,
     delivery_recorder,
     localstripe_url,
+    payg_price,
     service_webhook_url,
+    stripe_client,
     stripe_live,
 )
 
@@ -181,3 +184,52 @@ def test_cards_are_added_made_default_and_removed_and_auto_reload_is_set(
 
     page.goto(f"{live_server.url}/dashboard/plan/")
     shoot(page, "plan")
+
+
+def test_subscribing_to_a_plan_and_cancelling_it_at_the_period_end(
+        signed_in, live_server, page, payg_price):  # noqa: F811
+    account = signed_in
+    # Given a customer on the free plan: the paid plan asks for a card first
+    page.goto(f"{live_server.url}/dashboard/plan/")
+    expect(page.locator("[data-current-plan]")).to_have_text("Free")
+    payg = page.locator("[data-plan=payg]")
+    expect(payg).to_contain_text("Add a card")
+    expect(payg.locator("button")).to_have_count(0)
+
+    # When they add a card and subscribe to pay-as-you-go
+    page.goto(f"{live_server.url}/dashboard/cards/add")
+    fill_card(page, GOOD_CARD)
+    page.click("[data-submit]")
+    page.wait_for_url(re.compile(r"/dashboard/cards/$"))
+    page.goto(f"{live_server.url}/dashboard/plan/")
+    payg.locator("button", has_text="Subscribe for $3.00/month").click()
+
+    # Then they are on it at once, with its first month's credit, and see when the next
+    # invoice comes
+    expect(page.locator(".messages")).to_contain_text("You are on the Pay-as-you-go plan")
+    expect(page.locator("[data-current-plan]")).to_have_text("Pay-as-you-go")
+    expect(payg.locator(".badge")).to_have_text("Current plan")
+    expect(page.locator("[data-next-invoice]")).not_to_be_empty()
+    subscription = Subscription.objects.get(account=account)
+    assert (subscription.plan_id, subscription.status) == ("payg", "active")
+    assert Purchase.objects.filter(account=account, kind="subscription").count() == 1
+    shoot(page, "plan-subscribed")
+
+    # When they cancel, and first change their mind on the confirmation page
+    payg.locator("a", has_text="Cancel subscription").click()
+    page.click("a:has-text('Keep my plan')")
+    page.wait_for_url(re.compile(r"/dashboard/plan/$"))
+    subscription.refresh_from_db()
+    assert not subscription.cancel_at_period_end
+    payg.locator("a", has_text="Cancel subscription").click()
+    shoot(page, "plan-cancel")
+    page.click("button:has-text('Cancel subscription')")
+
+    # Then the plan stays until the period ends, and the page says until when
+    expect(page.locator(".messages")).to_contain_text("you keep it until then")
+    expect(page.locator("[data-current-plan]")).to_have_text("Pay-as-you-go")
+    expect(page.locator(".lead")).to_contain_text("you are back on Free after that")
+    expect(payg.locator("a", has_text="Cancel subscription")).to_have_count(0)
+    subscription.refresh_from_db()
+    assert subscription.cancel_at_period_end and subscription.status == "active"
+    assert Subscription.objects.filter(account=account).count() == 1
