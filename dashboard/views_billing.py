@@ -124,6 +124,15 @@ def credits_view(request):
     return _purchase_outcome(request, form=form, payment=payment, intent=intent)
 
 
+def _card_error(form, message: str) -> None:
+    """The reason shown next to the card field. After the cardholder's authentication the
+    page posts no purchase form, so the form may never have been cleaned; add_error
+    needs the cleaned state it then lacks."""
+    if not hasattr(form, "cleaned_data"):
+        form.cleaned_data = {}
+    form.add_error("card", message)
+
+
 def _purchase_outcome(request, *, form, payment: Payment, intent):
     if payment.status == Payment.Status.SUCCEEDED:
         purchase = payment.purchase
@@ -132,7 +141,7 @@ def _purchase_outcome(request, *, form, payment: Payment, intent):
         return redirect(f"{reverse('dashboard:credits')}?added={purchase.id}#lots")
     if payment.status in (Payment.Status.FAILED, Payment.Status.CANCELED):
         reason = payment.failure_message or "The payment did not go through."
-        form.add_error("card", f"{reason} No credit was added and nothing was charged.")
+        _card_error(form, f"{reason} No credit was added and nothing was charged.")
         return _credits_page(request, form=form, status=402)
     if payment.status == Payment.Status.REQUIRES_ACTION and intent is not None \
             and intent.client_secret:
@@ -157,10 +166,10 @@ def purchase_confirm_view(request, payment_id):
         payment, intent = purchases.purchase_confirm(account_id=account_id,
                                                     payment_id=payment_id)
     except ApplicationError as exc:
-        form.add_error("card", exc.message)
+        _card_error(form, exc.message)
         return _credits_page(request, form=form, status=exc.status)
     if payment.status == Payment.Status.REQUIRES_ACTION:
-        form.add_error("card", "The payment was not authenticated. No credit was added.")
+        _card_error(form, "The payment was not authenticated. No credit was added.")
         return _credits_page(request, form=form, status=402)
     return _purchase_outcome(request, form=form, payment=payment, intent=intent)
 

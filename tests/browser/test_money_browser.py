@@ -1,7 +1,8 @@
 """The money pages in a real browser (Debian's Chromium, driven by Playwright) against the
 live server on PostgreSQL and localstripe, whose stand-in for Stripe.js renders the card
-form: buy credits with the test card, a declined card, cards, auto-reload, subscribing to
-a plan and cancelling it. Screenshots of
+form: buy credits with the test card, a declined card, a card whose bank asks for 3-D
+Secure (the cardholder completes it, or fails it), cards, auto-reload, subscribing to a
+plan and cancelling it. Screenshots of
 each page at 375 and 1280 px go to var/screenshots/."""
 
 import importlib
@@ -20,6 +21,7 @@ from tests.billing.conftest import (  # noqa: F401 (fixtures)
     DECLINED_ON_CHARGE,
     DECLINED_ON_SAVE,
     GOOD_CARD,
+    NEEDS_AUTHENTICATION,
     _webhooks_registered,
     delivery_recorder,
     localstripe_url,
@@ -137,6 +139,50 @@ def test_a_card_declined_when_saved_shows_the_reason_and_saves_nothing(
     assert not Card.objects.filter(account=account).exists()
     assert not Payment.objects.filter(account=account).exists()
     assert not CreditLot.objects.filter(account=account, source="purchase").exists()
+
+
+def authenticate(page, *, complete: bool) -> None:
+    """The bank's 3-D Secure step, as localstripe's stand-in for Stripe.js shows it."""
+    page.click("button:has-text('Complete authentication')" if complete
+               else "button:has-text('Fail authentication')")
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["completed", "failed"])
+def test_a_purchase_the_bank_asks_to_authenticate_adds_credit_only_once_confirmed(
+        signed_in, live_server, page, complete):
+    account = signed_in
+    page.goto(f"{live_server.url}/dashboard/credits/")
+    page.select_option("select[name=card]", "new")
+    page.fill("input[name=amount]", "10")
+    fill_card(page, NEEDS_AUTHENTICATION)
+    page.click("[data-submit]")
+    # Saving the card: the bank asks the cardholder first, who confirms
+    authenticate(page, complete=True)
+
+    # Then the charge: the bank asks again, the page says so, and nothing is added yet
+    expect(page.locator("form[data-payment-needs-action]")).to_contain_text(
+        "Your bank asks you to confirm the payment of $10.00")
+    expect(page.locator("[data-balance]")).to_have_text("$1.00")
+    assert not CreditLot.objects.filter(account=account, source="purchase").exists()
+    if complete:
+        shoot(page, "3ds")
+    authenticate(page, complete=complete)
+
+    if complete:
+        # Confirmed: the credit is added once, and the page shows it
+        page.wait_for_url(re.compile(r"added="))
+        expect(page.locator("[data-balance]")).to_have_text("$11.00")
+        expect(page.locator(".messages")).to_contain_text("$10.00 of credit added")
+        assert CreditLot.objects.filter(account=account, source="purchase").count() == 1
+        assert Payment.objects.get(account=account).status == Payment.Status.SUCCEEDED
+    else:
+        # Failed: the reason next to the card, no credit, nothing charged
+        expect(page.locator(".field.has-error")).to_contain_text("No credit was added")
+        expect(page.locator("[data-balance]")).to_have_text("$1.00")
+        assert not CreditLot.objects.filter(account=account, source="purchase").exists()
+        assert Payment.objects.get(account=account).status != Payment.Status.SUCCEEDED
+        assert Card.objects.filter(account=account).count() == 1  # the card stays saved
+        shoot(page, "3ds-failed")
 
 
 def test_cards_are_added_made_default_and_removed_and_auto_reload_is_set(
