@@ -92,11 +92,17 @@ def _credits_page(request, *, form, status=200, pending_payment=None):
     return render(request, "dashboard/credits/credits.html", context, status=status)
 
 
-def _purchase_form(request, data=None):
+def _purchase_form(request, data=None, *, payment: Payment | None = None):
+    """The purchase form; after a payment that did not go through (`payment`), filled
+    with its amount and card, so that trying again is one click."""
     account_id = _account_id(request)
     cards = reads.account_cards(account_id=account_id)
     default_id = reads.default_card_id(account_id=account_id)
     initial = {"idempotency_token": uuid.uuid4(), "amount": "25.00"}
+    if payment is not None:
+        initial["amount"] = dollars_text(payment.amount_nanos)
+        if any(card.id == payment.card_id for card in cards):
+            initial["card"] = str(payment.card_id)
     return CreditPurchaseForm(data, cards=cards, default_card_id=default_id, initial=initial)
 
 
@@ -160,8 +166,8 @@ def _purchase_outcome(request, *, form, payment: Payment, intent):
 def purchase_confirm_view(request, payment_id):
     """After the cardholder authenticated on the page: record how the payment went."""
     account_id = _account_id(request)
-    reads.account_payment_get(account_id=account_id, payment_id=payment_id)
-    form = _purchase_form(request)
+    payment = reads.account_payment_get(account_id=account_id, payment_id=payment_id)
+    form = _purchase_form(request, payment=payment)
     try:
         payment, intent = purchases.purchase_confirm(account_id=account_id,
                                                     payment_id=payment_id)

@@ -182,6 +182,10 @@ def test_a_purchase_the_bank_asks_to_authenticate_adds_credit_only_once_confirme
         assert not CreditLot.objects.filter(account=account, source="purchase").exists()
         assert Payment.objects.get(account=account).status != Payment.Status.SUCCEEDED
         assert Card.objects.filter(account=account).count() == 1  # the card stays saved
+        # Trying again is one click: the form keeps the amount and the card just saved
+        expect(page.locator("input[name=amount]")).to_have_value("10.00")
+        expect(page.locator("select[name=card]")).to_have_value(
+            str(Card.objects.get(account=account).id))
         shoot(page, "3ds-failed")
 
 
