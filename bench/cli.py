@@ -263,6 +263,7 @@ def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: st
     if scenario != "get":
         accounts_fresh(ctx)
     batches_before = batch_counts(ctx) if scenario != "get" else {}
+    io_before = database_io(ctx)
     meter = ctx.cpu_meter()
     meter.start()
     run = loadgen.run(
@@ -279,6 +280,7 @@ def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: st
     summary["offered"] = (rate if rate > 0
                           else f"max: closed loop, {ctx.args.concurrency} in flight")
     summary["cpu"] = cpu
+    summary["database_io"] = database_io_between(io_before, database_io(ctx))
     summary["generator_cost"] = run.cost()
     main = summary["pairs" if scenario == "pair" else
                    "requests" if scenario == "get" else scenario]
@@ -296,6 +298,25 @@ def _step(ctx: Context, *, scenario: str, rate: float, duration: float, path: st
         # Warm-up and unmeasured settles included.
         summary["batches"] = batches_between(batches_before, batch_counts(ctx))
     return summary
+
+
+def database_io(ctx: Context) -> dict:
+    """PostgreSQL's buffer traffic so far: pages read into shared buffers for this
+    database, and pages written out by whom (the whole server: a backend that has to
+    write a dirty page out to make room waits for that write; the checkpointer and the
+    background writer do it off the request's path)."""
+    row = ctx.monitor.execute(
+        "SELECT d.blks_read, d.blks_hit, b.buffers_backend, b.buffers_backend_fsync,"
+        " b.buffers_checkpoint, b.buffers_clean, b.checkpoints_timed + b.checkpoints_req"
+        " FROM pg_stat_database d, pg_stat_bgwriter b"
+        " WHERE d.datname = current_database()").fetchone()
+    names = ("pages_read", "pages_hit", "written_by_backends", "backend_fsyncs",
+             "written_by_checkpointer", "written_by_bgwriter", "checkpoints")
+    return dict(zip(names, row, strict=True))
+
+
+def database_io_between(before: dict, after: dict) -> dict:
+    return {name: after[name] - before[name] for name in after}
 
 
 # Group commit's metric (metering/group_commit.py): statements run and items they carried.

@@ -132,6 +132,9 @@ def compare(empty: dict, prefilled: dict, rate: int) -> list[dict]:
     return rows
 
 
+STEPS = ("pairs", "authorize", "settle")
+
+
 def print_scale_report(results: dict) -> None:
     prefill = results["prefill"]
     print("")
@@ -145,6 +148,18 @@ def print_scale_report(results: dict) -> None:
         verdict = {True: "MET", False: "NOT MET", None: "not measured"}[row["met"]]
         print(f"  {row['name']:<32} empty {report._ms(row['empty']):>8}  prefilled "
               f"{report._ms(row['prefilled']):>8}  ratio {row['ratio']}  {verdict}")
+    print("  PostgreSQL buffer traffic per step (pages read in; pages a backend had to write "
+          "out itself to make room, or the checkpointer wrote):")
+    for scenario in STEPS:
+        for key in (str(results["config"]["rate"]), "max"):
+            cells = []
+            for name in ("empty", "prefilled"):
+                io = report._get(results, name, scenario, key, "database_io") or {}
+                cells.append(f"{name} {io.get('pages_read', '-')} read, "
+                             f"{io.get('written_by_backends', '-')} by backends, "
+                             f"{io.get('written_by_checkpointer', '-')} by the checkpointer")
+            step = f"{scenario} {'max' if key == 'max' else 'at ' + key + '/s'}"
+            print(f"    {step:<20} " + "; ".join(cells))
     dash = results["dashboard"]
     if "error" in dash:
         print(f"  dashboard: failed: {dash['error'][-500:]}")
