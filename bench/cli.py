@@ -321,30 +321,39 @@ def database_io_between(before: dict, after: dict) -> dict:
 
 # Group commit's metric (metering/group_commit.py): statements run and items they carried.
 _BATCH_METRIC = re.compile(
-    r'^billing_run_path_batch_size_(sum|count)\{call="(\w+)"\} (\S+)$', re.MULTILINE)
+    r'^billing_run_path_(batch_size|statement_seconds)_(sum|count)\{call="(\w+)"\} (\S+)$',
+    re.MULTILINE)
 
 
 def batch_counts(ctx: Context) -> dict:
-    """{call: [statements, items]} so far, over all the server's processes."""
+    """{call: [statements, items, statement seconds]} so far, over all the server's
+    processes."""
     try:
         text = provision.InternalClient(ctx.server.port, ctx.token).text("/metrics")
     except OSError:
         return {}
     counts: dict = {}
-    for kind, call, value in _BATCH_METRIC.findall(text):
-        counts.setdefault(call, [0.0, 0.0])[0 if kind == "count" else 1] = float(value)
+    for metric, kind, call, value in _BATCH_METRIC.findall(text):
+        if kind == "count" and metric == "statement_seconds":
+            continue  # the same statements as batch_size_count
+        index = 0 if kind == "count" else 1 if metric == "batch_size" else 2
+        counts.setdefault(call, [0.0, 0.0, 0.0])[index] = float(value)
     return counts
 
 
 def batches_between(before: dict, after: dict) -> dict:
-    """The run-path statements of a step, by call, and how many items each carried."""
+    """The run-path statements of a step, by call: how many items each carried, and how
+    long its request thread waited for it (database, lock, commit, and the wait to run
+    again: metering/group_commit.py)."""
     batches = {}
-    for call, (statements, items) in after.items():
-        statements_before, items_before = before.get(call, (0.0, 0.0))
+    for call, (statements, items, seconds) in after.items():
+        statements_before, items_before, seconds_before = before.get(call, (0.0, 0.0, 0.0))
         if statements > statements_before:
             count, carried = statements - statements_before, items - items_before
             batches[call] = {"statements": int(count), "items": int(carried),
-                             "items_per_statement": round(carried / count, 2)}
+                             "items_per_statement": round(carried / count, 2),
+                             "statement_ms": round((seconds - seconds_before) / count * 1000,
+                                                   2)}
     return batches
 
 

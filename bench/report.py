@@ -163,6 +163,8 @@ def cost_line(step: dict) -> str:
     batches = step.get("batches") or {}
     group_commit = "".join(f"\n      {call}: {b['items_per_statement']:.2f} items per statement "
                            f"({b['items']} in {b['statements']})"
+                           + (f", {b['statement_ms']:.2f} ms each" if "statement_ms" in b
+                              else "")
                            for call, b in sorted(batches.items()))
     return (f"      cpu (cores): server {cpu['server_cores']:.2f}  postgres "
             f"{cpu['database_cores']:.2f}  redis {cpu['redis_cores']:.2f}  generator "

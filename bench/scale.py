@@ -148,8 +148,9 @@ def print_scale_report(results: dict) -> None:
         verdict = {True: "MET", False: "NOT MET", None: "not measured"}[row["met"]]
         print(f"  {row['name']:<32} empty {report._ms(row['empty']):>8}  prefilled "
               f"{report._ms(row['prefilled']):>8}  ratio {row['ratio']}  {verdict}")
-    print("  PostgreSQL buffer traffic per step (pages read in; pages a backend had to write "
-          "out itself to make room, or the checkpointer wrote):")
+    print("  PostgreSQL buffer traffic per step: pages this database read in; pages written "
+          "out, on the whole server, by a backend making room (the request waits) or by the "
+          "checkpointer:")
     for scenario in STEPS:
         for key in (str(results["config"]["rate"]), "max"):
             cells = []

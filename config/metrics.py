@@ -39,6 +39,12 @@ RUN_PATH_BATCH_SIZE = Histogram(
     "billing_run_path_batch_size", "Items per run-path statement under group commit "
     "(metering/group_commit.py), by call: 1 is a call alone.", ["call"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+RUN_PATH_STATEMENT_SECONDS = Histogram(
+    "billing_run_path_statement_seconds", "Wall time of one run-path statement under group "
+    "commit, by call, as its request thread sees it: the round trip to PostgreSQL with its "
+    "lock waits and commit, and the wait until the thread runs again. Far above the "
+    "database's own time: the server's threads wait for a CPU or the GIL.", ["call"],
+    buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .25, 1))
 SETTLE_CHARGES = Counter(
     "billing_settle_charges", "Settle answers that charged (a repeated settle of the same "
     "hold answers, and counts, again).")
@@ -83,8 +89,16 @@ def run_path_observe(*, call: str, started: float, outcome: str) -> None:
     children[1].inc()
 
 
-def run_path_batch_observe(*, call: str, size: int) -> None:
-    RUN_PATH_BATCH_SIZE.labels(call).observe(size)
+_run_path_batch_children: dict[str, tuple] = {}
+
+
+def run_path_batch_observe(*, call: str, size: int, seconds: float) -> None:
+    children = _run_path_batch_children.get(call)
+    if children is None:
+        children = _run_path_batch_children[call] = (
+            RUN_PATH_BATCH_SIZE.labels(call), RUN_PATH_STATEMENT_SECONDS.labels(call))
+    children[0].observe(size)
+    children[1].observe(seconds)
 
 
 def settle_charge_observe(charged_nanos: int) -> None:

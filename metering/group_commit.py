@@ -20,6 +20,7 @@ must stay its own), on SQLite, or with RUN_PATH_GROUP_COMMIT off."""
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -77,11 +78,12 @@ class GroupCommit:
         with self._lock:
             batch, self._queue = self._queue, []
         self.batch_sizes[len(batch)] += 1
-        run_path_batch_observe(call=self.call, size=len(batch))
+        started = time.perf_counter()
         if len(batch) == 1:
             try:
                 return self._run_one(own.params)
             finally:
+                self._observe(size=1, started=started)
                 self._hand_over()
         answers = None
         try:
@@ -94,6 +96,7 @@ class GroupCommit:
             logger.warning("run path %s batch of %d failed; its items run alone",
                            self.call, len(batch), exc_info=True)
         finally:
+            self._observe(size=len(batch), started=started)
             # The next batch first (its statement can be on its way while this one's
             # callers take their answers), then this one's waiters, whatever happened.
             self._hand_over()
@@ -102,6 +105,10 @@ class GroupCommit:
                 if waiter is not own:
                     waiter.ready.set()
         return self._answer(own)
+
+    def _observe(self, *, size: int, started: float) -> None:
+        run_path_batch_observe(call=self.call, size=size,
+                               seconds=time.perf_counter() - started)
 
     def _hand_over(self) -> None:
         with self._lock:

@@ -217,6 +217,18 @@ def test_the_scale_step_reports_its_figures(tmp_path):
     assert "incremental (from the checkpoint" in incremental["output_tail"]
     assert incremental["check_seconds"] is not None
     assert "Scale: prefilled database against the empty one" in done.stdout
+    # and each service step says what PostgreSQL read and wrote during it, and how its
+    # run-path statements went: items each, and the time each took
+    for database in ("empty", "prefilled"):
+        pairs = results[database]["pairs"]["max"]
+        assert pairs["database_io"]["pages_hit"] > 0
+        assert set(pairs["database_io"]) >= {"pages_read", "written_by_backends",
+                                             "written_by_checkpointer"}
+        for call in ("authorize", "settle"):
+            batch = pairs["batches"][call]
+            assert batch["items"] >= batch["statements"] > 0
+            assert batch["statement_ms"] > 0
+    assert "PostgreSQL buffer traffic per step" in done.stdout
 
 
 def test_profile_attributes_a_builtin_to_its_callers_categories():

@@ -18,6 +18,7 @@ from metering.models import Hold, UsageRecord
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
 from ratelimits.models import KeySpend
+from tests.ops.test_metrics import scrape, value
 from tests.runpath import (
     MODEL_7B,
     RATE_7B,
@@ -292,3 +293,31 @@ def test_no_batching_inside_a_callers_transaction_or_when_turned_off(settings):
     assert all(isinstance(answer, tuple) for answer in answers)
     assert group_commit.AUTHORIZE.batch_sizes == batches_before
     assert customer.account().held_nanos == 9 * RESERVE
+
+
+def test_each_statement_is_counted_with_its_items_and_timed(client):
+    # Given an account with credit, and the run path's metrics so far.
+    customer = customer_create(purchased_usd=1_000)
+    before = scrape(client)
+    batches_before = Counter(group_commit.AUTHORIZE.batch_sizes)
+
+    # When 16 threads authorize 40 runs.
+    answers = in_threads(range(40), lambda n: authorize_answer(customer, f"timed-{n}"))
+
+    # Then every run was admitted, and the metrics count each statement once, with the
+    # items it carried and the time its thread waited for it.
+    assert all(isinstance(answer, tuple) for answer in answers)
+    batches = batches_since(batches_before, group_commit.AUTHORIZE)
+    after = scrape(client)
+
+    def delta(name):
+        return value(after, name, call="authorize") - value(before, name, call="authorize")
+
+    statements = sum(batches.values())
+    assert delta("billing_run_path_batch_size_count") == statements
+    assert delta("billing_run_path_batch_size_sum") == 40
+    assert delta("billing_run_path_statement_seconds_count") == statements
+    assert 0 < delta("billing_run_path_statement_seconds_sum") < 60
+    # And the settles' series did not move.
+    assert value(after, "billing_run_path_statement_seconds_count", call="settle") == \
+        value(before, "billing_run_path_statement_seconds_count", call="settle")
