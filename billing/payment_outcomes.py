@@ -79,6 +79,14 @@ class _Verdict:
     failure_message: str = ""
 
 
+# Stripe's message of a card error is written for the cardholder ("Your card was declined.")
+# and is shown as it is; these codes come with a message written for developers.
+_OWN_WORDS = {
+    "payment_intent_authentication_failure":
+        "Your bank did not confirm the payment: the authentication failed or was cancelled.",
+}
+
+
 def _verdict(payment: Payment, intent: IntentState | None,
              declined: CardDeclined | None) -> _Verdict:
     if declined is not None:
@@ -103,7 +111,8 @@ def _verdict(payment: Payment, intent: IntentState | None,
         case "requires_payment_method" if intent.failure_code or intent.failure_message \
                 or off_session:
             return _Verdict(Status.FAILED, intent.failure_code or "payment_failed",
-                            intent.failure_message or "The payment failed.")
+                            _OWN_WORDS.get(intent.failure_code)
+                            or intent.failure_message or "The payment failed.")
         case _:
             return _Verdict(Status.REQUIRES_ACTION)
 

@@ -1,9 +1,17 @@
 """Buying credit with a card, on localstripe, with its webhooks delivered to the service."""
 
 import pytest
+import requests
 
 from billing.models import Card, CreditLot, LedgerEntry, Payment, Purchase, StripeEvent
-from tests.billing.conftest import DECLINED_ON_CHARGE, DECLINED_ON_SAVE, GOOD_CARD, wait_until
+from tests.billing.conftest import (
+    DECLINED_ON_CHARGE,
+    DECLINED_ON_SAVE,
+    GOOD_CARD,
+    NEEDS_AUTHENTICATION,
+    PUBLISHABLE_KEY,
+    wait_until,
+)
 
 USD = 10**9
 
@@ -146,6 +154,38 @@ def test_a_purchase_confirmed_in_the_browser_is_recorded_when_the_customer_comes
     listed = customer.api.get("/api/v1/purchases")
     assert [(p["kind"], p["amount_usd"], p["receipt"]["card"]) for p in listed.data] == [
         ("stripe", "12.340000000", "visa 4242")]
+
+
+def test_a_payment_the_cardholder_fails_to_authenticate_is_explained_in_plain_words(
+        make_customer, save_card, localstripe_url):
+    # Given a purchase with a card whose bank asks the cardholder to authenticate it
+    customer = make_customer()
+    assert save_card(customer, NEEDS_AUTHENTICATION).status_code == 201
+    created = customer.api.post("/api/v1/purchases", {"amount_usd": "10.00"}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.data["status"] == "requires_action"
+    intent_id = created.data["payment_intent_id"]
+
+    # When the cardholder fails the bank's check (Stripe.js, in the browser), and the
+    # dashboard asks the service how it went
+    failed = requests.post(f"{localstripe_url}/v1/payment_intents/{intent_id}/_authenticate",
+                           data={"key": PUBLISHABLE_KEY, "success": "false",
+                                 "client_secret": created.data["client_secret"]}, timeout=10)
+    assert failed.ok, failed.text
+    confirmed = customer.api.post(f"/api/v1/purchases/{created.data['payment_id']}/confirm")
+
+    # Then the answer says what happened in the customer's words, keeps Stripe's code, and
+    # no credit was added
+    assert confirmed.status_code == 402, confirmed.content
+    body = confirmed.json()
+    assert body["message"] == ("Your bank did not confirm the payment: the authentication "
+                               "failed or was cancelled.")
+    assert body["reason"] == "payment_intent_authentication_failure"
+    payment = Payment.objects.get(id=created.data["payment_id"])
+    assert (payment.status, payment.failure_code) == (
+        Payment.Status.FAILED, "payment_intent_authentication_failure")
+    assert "PaymentMethod" not in payment.failure_message
+    assert not _lots(customer.account, "purchase")
 
 
 def test_the_customer_api_needs_a_valid_key(anon_api, db):

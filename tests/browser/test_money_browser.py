@@ -177,6 +177,8 @@ def test_a_purchase_the_bank_asks_to_authenticate_adds_credit_only_once_confirme
         assert Payment.objects.get(account=account).status == Payment.Status.SUCCEEDED
     else:
         # Failed: the reason next to the card, no credit, nothing charged
+        expect(page.locator(".field.has-error")).to_contain_text(
+            "Your bank did not confirm the payment")
         expect(page.locator(".field.has-error")).to_contain_text("No credit was added")
         expect(page.locator("[data-balance]")).to_have_text("$1.00")
         assert not CreditLot.objects.filter(account=account, source="purchase").exists()
