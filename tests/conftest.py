@@ -2,9 +2,12 @@
 service fails the session instead of being skipped."""
 
 import os
+import weakref
 
 import pytest
 from django.conf import settings
+from django.db import connections
+from django.db.backends.signals import connection_created
 
 from metering.selectors import books_discrepancies
 
@@ -29,6 +32,28 @@ def pytest_sessionstart(session):
     from tests.ops.pytest_logs import scrub_pytest_log_reports
 
     scrub_pytest_log_reports(session.config)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """The test databases, and, before they are dropped, every database connection this
+    process opened closed, whatever thread or context opened it. A connection made in
+    another context (Playwright's, a worker thread's) is not among the ones pytest-django
+    closes, and an open one keeps the test database from being dropped."""
+    opened = weakref.WeakSet()
+
+    def remember(sender, connection, **kwargs):
+        opened.add(connection)
+
+    connection_created.connect(remember, dispatch_uid="tests-connections-opened")
+    yield
+    connection_created.disconnect(dispatch_uid="tests-connections-opened")
+    own = {id(connection) for connection in connections.all()}
+    for wrapper in list(opened):
+        raw = wrapper.connection
+        if id(wrapper) not in own and raw is not None and not raw.closed:
+            # Its thread or context is gone; Django would refuse to close it from here.
+            raw.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
