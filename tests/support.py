@@ -8,6 +8,7 @@ from http import HTTPStatus
 
 from django.db import connection
 from django.db.models import Sum
+from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import Account, ApiKey, User
 from billing.ledger import Book
@@ -21,6 +22,7 @@ from billing.models import (
 from config.money import usd_to_nanos
 from metering.models import InferenceModel
 from metering.selectors import books_discrepancies
+from tests.conftest import INTERNAL_TOKEN
 
 USD = 10**9
 # A fixed instant for frozen clocks: tests say "T0 + 28 days", never "now".
@@ -182,3 +184,25 @@ def wsgi_call(method: str, path: str, body: bytes = b"", **headers) -> tuple[str
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
     return answer["status"], answer["headers"], content
+
+
+# --- Metrics -------------------------------------------------------------------------------
+
+def scrape(client) -> dict[tuple, float]:
+    """GET /metrics with the service token: {(sample name, labels): value}."""
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {INTERNAL_TOKEN}")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    return samples(response.content.decode())
+
+
+def samples(text: str) -> dict[tuple, float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)

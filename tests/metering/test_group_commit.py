@@ -18,7 +18,6 @@ from metering.models import Hold, UsageRecord
 from metering.selectors import books_discrepancies
 from metering.settle import Usage, hold_settle
 from ratelimits.models import KeySpend
-from tests.ops.test_metrics import scrape, value
 from tests.runpath import (
     MODEL_7B,
     RATE_7B,
@@ -27,6 +26,7 @@ from tests.runpath import (
     open_holds,
     run_in_threads,
 )
+from tests.support import scrape, value
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True),
               pytest.mark.usefixtures("catalog")]

@@ -13,7 +13,6 @@ import requests
 import stripe
 import time_machine
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from billing.tasks import auto_reload_for_crossing
 from metering.models import Hold
@@ -21,29 +20,11 @@ from metering.tasks import holds_expire_due, holds_expire_for_account
 from tests.conftest import INTERNAL_TOKEN
 from tests.ops.conftest import wait_for
 from tests.runpath import MODEL_7B, authorize_body, balance_set, customer_create, usd
+from tests.support import samples, scrape, value
 
 pytestmark = pytest.mark.django_db
 
 AUTH = {"HTTP_AUTHORIZATION": f"Bearer {INTERNAL_TOKEN}"}
-
-
-def scrape(client) -> dict[tuple, float]:
-    response = client.get("/metrics", **AUTH)
-    assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/plain; version=")
-    return samples(response.content.decode())
-
-
-def samples(text: str) -> dict[tuple, float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(found: dict, name: str, **labels) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def post(client, path: str, body: dict):
