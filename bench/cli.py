@@ -325,6 +325,12 @@ _BATCH_METRIC = re.compile(
     re.MULTILINE)
 
 
+# Where each sample goes in batch_counts' list (statement_seconds_count counts the same
+# statements as batch_size_count).
+_BATCH_FIELDS = {("batch_size", "count"): 0, ("batch_size", "sum"): 1,
+                 ("statement_seconds", "sum"): 2}
+
+
 def batch_counts(ctx: Context) -> dict:
     """{call: [statements, items, statement seconds]} so far, over all the server's
     processes."""
@@ -334,10 +340,9 @@ def batch_counts(ctx: Context) -> dict:
         return {}
     counts: dict = {}
     for metric, kind, call, value in _BATCH_METRIC.findall(text):
-        if kind == "count" and metric == "statement_seconds":
-            continue  # the same statements as batch_size_count
-        index = 0 if kind == "count" else 1 if metric == "batch_size" else 2
-        counts.setdefault(call, [0.0, 0.0, 0.0])[index] = float(value)
+        index = _BATCH_FIELDS.get((metric, kind))
+        if index is not None:
+            counts.setdefault(call, [0.0, 0.0, 0.0])[index] = float(value)
     return counts
 
 

@@ -132,9 +132,6 @@ def compare(empty: dict, prefilled: dict, rate: int) -> list[dict]:
     return rows
 
 
-STEPS = ("pairs", "authorize", "settle")
-
-
 def print_scale_report(results: dict) -> None:
     prefill = results["prefill"]
     print("")
@@ -151,7 +148,7 @@ def print_scale_report(results: dict) -> None:
     print("  PostgreSQL buffer traffic per step: pages this database read in; pages written "
           "out, on the whole server, by a backend making room (the request waits) or by the "
           "checkpointer:")
-    for scenario in STEPS:
+    for scenario in dict.fromkeys(row[1] for row in COMPARED):
         for key in (str(results["config"]["rate"]), "max"):
             cells = []
             for name in ("empty", "prefilled"):
