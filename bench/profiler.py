@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import provision
+from bench import pg_phases, provision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,7 +266,15 @@ def worker_main(argv: list[str]) -> None:
         wal1 = _wal(cursor)
     wal = {name: (wal1[name] - wal0[name]) / args.pairs for name in wal0}
 
-    # 2. Profiled (CPU clock): self time per category.
+    # 2. The backend's CPU by phase (bench/pg_phases.py): perf samples its stacks
+    #    through the same pairs again (not during 1: perf's own work is not the backend's).
+    with pg_phases.BackendSampler(backend_pid) as sampler:
+        for _ in range(args.pairs):
+            pair()
+    database_phases = {"shares": sampler.shares, "samples": sampler.samples,
+                       "error": sampler.error}
+
+    # 3. Profiled (CPU clock): self time per category.
     profiler = cProfile.Profile(time.thread_time)
     profiler.enable()
     for _ in range(args.pairs):
@@ -279,7 +287,7 @@ def worker_main(argv: list[str]) -> None:
     top = sorted(((tt, _label(func)) for func, (_, _, tt, _, _) in stats.stats.items()),
                  reverse=True)[:40]
 
-    # 3. Each statement's execution time, nested ones included (auto_explain's notices).
+    # 4. Each statement's execution time, nested ones included (auto_explain's notices).
     plans: list[dict] = []
 
     def on_notice(diagnostic) -> None:
@@ -342,7 +350,7 @@ def worker_main(argv: list[str]) -> None:
                           for name, items in members.items()},
                       "top_functions": [[round(tt * 1e6 / args.pairs, 1), name]
                                         for tt, name in top],
-                      "statements": per_pair}))
+                      "statements": per_pair, "database_phases": database_phases}))
 
 
 # --- the driver (python -m bench --profile) ---------------------------------------------------
@@ -374,7 +382,8 @@ def run(ctx, *, pairs: int, service_env: dict, server_config, server_start, step
         * 1e6 / max(served, 1)
     empty_us = empty_step["cpu"]["server_us_per_request"]
 
-    print(f"In-process: {pairs} pairs unprofiled, {pairs} under cProfile, 200 explained",
+    print(f"In-process: {pairs} pairs unprofiled, {pairs} with the database backend "
+          f"sampled, {pairs} under cProfile, 200 explained",
           flush=True)
     child = subprocess.run(
         [sys.executable, "-m", "bench.profiler", "--worker", "--api-key", account.api_key,
@@ -442,6 +451,7 @@ def print_tables(result: dict) -> None:
     print(f"| WAL flush at commit (this backend's fdatasync; track_wal_io_timing) | "
           f"{wal['wal_sync']:.2f} syncs (whole server) | {1000 * wal['wal_sync_time_ms']:.0f} "
           f"| {wal['wal_records']:.1f} (whole server) | {wal['wal_bytes']:.0f} | | | | |")
+    print_database_phases(inproc)
     print("")
     print("Largest functions of each category (self CPU us per pair, profiled):")
     for name, items in inproc["category_functions"].items():
@@ -449,6 +459,21 @@ def print_tables(result: dict) -> None:
     print("Top functions (self CPU us per pair, profiled):")
     for us, name in inproc["top_functions"][:20]:
         print(f"  {us:8.1f}  {name}")
+
+
+def print_database_phases(inproc: dict) -> None:
+    """The backend's CPU per pair by phase: each phase's share of perf's samples times
+    the backend's CPU per pair (measured without perf)."""
+    phases = inproc.get("database_phases") or {}
+    print("")
+    if not phases.get("shares"):
+        print(f"Database CPU by phase: not measured ({phases.get('error') or 'no samples'})")
+        return
+    print(f"Database CPU by phase ({phases['samples']} perf samples of the backend, "
+          f"scaled to its {inproc['backend_cpu_us']:.0f} us a pair):")
+    print("| database backend, one pair | share | us |\n|---|---:|---:|")
+    for phase, share in phases["shares"].items():
+        print(f"| {phase} | {100 * share:.1f}% | {share * inproc['backend_cpu_us']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import loadgen, profiler, report
+from bench import loadgen, pg_phases, profiler, report
 from bench.scale import database_url_renamed
 from bench.server import ROOT
 from bench.stats import (
@@ -248,3 +248,67 @@ def test_profile_attributes_a_builtin_to_its_callers_categories():
     sql = next(name for name in seconds if name.startswith("SQL client"))
     assert seconds == {json_in: 2.5, sql: 3.5}
     assert calls == {json_in: 4.0, sql: 2.0}
+
+
+PERF_SCRIPT = """\
+postgres 15467  4201.969965:     500000 cpu-clock:pppH:
+\t          5b5348 [unknown] (/usr/lib/postgresql/15/bin/postgres)
+\t          2b6d3e stringToNode+0x1e (/usr/lib/postgresql/15/bin/postgres)
+\t          302a37 ExecConstraints+0xc7 (/usr/lib/postgresql/15/bin/postgres)
+\t          303d1a standard_ExecutorRun+0x15a (/usr/lib/postgresql/15/bin/postgres)
+\t          480262 PortalRun+0x192 (/usr/lib/postgresql/15/bin/postgres)
+
+postgres 15467  4201.970461:     500000 cpu-clock:pppH:
+\t          318aaa ExecInitAgg+0xc5a (/usr/lib/postgresql/15/bin/postgres)
+\t          304597 standard_ExecutorStart+0x367 (/usr/lib/postgresql/15/bin/postgres)
+\t          340f65 SPI_execute_plan_extended+0x65 (/usr/lib/postgresql/15/bin/postgres)
+\t          303d1a standard_ExecutorRun+0x15a (/usr/lib/postgresql/15/bin/postgres)
+
+postgres 15467  4201.970961:     500000 cpu-clock:pppH:
+\t          1a2b3c issue_xlog_fsync+0x2c (/usr/lib/postgresql/15/bin/postgres)
+\t          1a2b00 XLogFlush+0x10 (/usr/lib/postgresql/15/bin/postgres)
+\t          1a0000 CommitTransactionCommand+0x5 (/usr/lib/postgresql/15/bin/postgres)
+
+postgres 15467  4201.971461:     500000 cpu-clock:pppH:
+\t          2724a _int_malloc+0x7a (/usr/lib/x86_64-linux-gnu/libc.so.6)
+"""
+
+
+def test_database_samples_are_counted_for_their_innermost_phase():
+    # given perf samples: a CHECK constraint inside a statement's execution, a nested
+    # statement's plan set-up inside the function's execution, a commit's WAL flush, and
+    # a sample in no phase
+    stacks = pg_phases.stacks_parse(PERF_SCRIPT)
+    assert stacks[0][:2] == ["[unknown]", "stringToNode"]
+    # when each is given its phase
+    shares = pg_phases.phase_shares(stacks)
+    # then the more specific phase wins over the one around it, and each counts once
+    assert shares == {"CHECK constraints (parsed and prepared per statement)": 0.25,
+                      "plan set-up (executor start)": 0.25,
+                      "commit: WAL flush (fdatasync)": 0.25, pg_phases.OTHER: 0.25}
+
+
+def test_the_profile_says_why_the_database_phases_were_not_measured(monkeypatch, capsys):
+    # given a machine without perf
+    monkeypatch.setattr(pg_phases.shutil, "which", lambda name: None)
+    # when the backend is to be sampled
+    with pg_phases.BackendSampler(os.getpid()) as sampler:
+        pass
+    # then nothing is sampled, and the profile prints the reason instead of the table
+    assert sampler.shares == {} and "perf not found" in sampler.error
+    profiler.print_database_phases({"backend_cpu_us": 1000.0, "database_phases": {
+        "shares": sampler.shares, "samples": 0, "error": sampler.error}})
+    assert "Database CPU by phase: not measured (perf not found" in capsys.readouterr().out
+
+
+def test_the_profile_prints_each_phase_in_microseconds_a_pair(capsys):
+    # given a quarter of the backend's samples in its WAL flush
+    inproc = {"backend_cpu_us": 1200.0, "database_phases": {
+        "shares": {"commit: WAL flush (fdatasync)": 0.25, pg_phases.OTHER: 0.75},
+        "samples": 400, "error": None}}
+    # when the table is printed
+    profiler.print_database_phases(inproc)
+    # then the flush is a quarter of the backend's CPU per pair
+    out = capsys.readouterr().out
+    assert "| commit: WAL flush (fdatasync) | 25.0% | 300 |" in out
+    assert "400 perf samples" in out
