@@ -15,6 +15,14 @@ if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
   fi
 fi
 
+# The profile samples the database backend with perf (bench/pg_phases.py); without it the
+# profile says so and leaves that table out.
+if [[ " $* " == *" --profile "* ]] && ! command -v perf >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing perf (Debian package linux-perf) for the profile's database table"
+  apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null || true
+fi
+
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   echo "PostgreSQL is not reachable on 127.0.0.1:5432 (see .ci/run for how CI starts it)" >&2
   exit 1
