@@ -27,7 +27,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import loadgen, pg_baseline, profiler, provision, report, scale, stats
+from bench import loadgen, pg_baseline, pg_phases, profiler, provision, report, scale, stats
 from bench.server import ROOT, CpuMeter, Server, ServerConfig, http_get_status
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/billing_bench"
@@ -384,6 +384,22 @@ def empty_view_steps(ctx: Context) -> dict:
     return steps
 
 
+def database_phases_at_max(ctx: Context) -> dict:
+    """One more pairs maximum with every process of the database sampled by perf
+    (bench/pg_phases.py): where PostgreSQL's CPU goes once batches form. A step of its
+    own, so that perf's cost is in none of the figures the targets are read from."""
+    reason = pg_phases.unavailable()
+    if reason:
+        print(f"  database CPU by phase at the pairs maximum: not measured ({reason})",
+              flush=True)
+        return {"database_phases": {"shares": {}, "samples": 0, "error": reason}}
+    with pg_phases.BackendSampler(ctx.database_pids()) as sampler:
+        result = step(ctx, "pairs max, the database sampled", scenario="pair",
+                      duration=ctx.args.max_duration)
+    result["database_phases"] = sampler.as_result()
+    return result
+
+
 def service_steps(ctx: Context) -> dict:
     args = ctx.args
     service: dict = {}
@@ -519,6 +535,7 @@ def benchmark(ctx: Context) -> dict:
         else:
             print("Service: the run path", flush=True)
             results["service"] = service_steps(ctx)
+            results["database_phases_at_max"] = database_phases_at_max(ctx)
         results["checks"] = post_checks(ctx)
     finally:
         server.stop()

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 # (phase, PostgreSQL functions that mark it), first match wins: a phase nested inside
@@ -85,15 +86,27 @@ def unavailable() -> str | None:
     return None
 
 
-class BackendSampler:
-    """`with BackendSampler(pid) as sampler: ...` samples that process meanwhile; then
-    `sampler.shares` (phase: share of samples) and `sampler.samples`, or `sampler.error`."""
+def phase_table(shares: dict[str, float], *, us_total: float | None = None) -> list[str]:
+    """The phases as a Markdown table: each one's share and, given the CPU they share
+    out (us_total), its microseconds."""
+    if us_total is None:
+        rows = [f"| {phase} | {100 * share:.1f}% |" for phase, share in shares.items()]
+        return ["| database, by phase | share |", "|---|---:|", *rows]
+    rows = [f"| {phase} | {100 * share:.1f}% | {share * us_total:.0f} |"
+            for phase, share in shares.items()]
+    return ["| database backend, one pair | share | us |", "|---|---:|---:|", *rows]
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+
+class BackendSampler:
+    """`with BackendSampler(pids) as sampler: ...` samples those processes (one pid or
+    several) meanwhile; then `sampler.shares` (phase: share of samples) and
+    `sampler.samples`, or `sampler.error`."""
+
+    def __init__(self, pids: int | Sequence[int]) -> None:
+        self.pids = [pids] if isinstance(pids, int) else list(pids)
         self.shares: dict[str, float] = {}
         self.samples = 0
-        self.error: str | None = unavailable()
+        self.error: str | None = unavailable() or (None if self.pids else "no process")
 
     def __enter__(self) -> "BackendSampler":
         if self.error:
@@ -101,7 +114,8 @@ class BackendSampler:
         self._dir = tempfile.TemporaryDirectory(prefix="bench-perf-")
         self._data = Path(self._dir.name) / "perf.data"
         self._record = subprocess.Popen(
-            ["perf", "record", "-F", str(SAMPLE_HZ), "-g", "-p", str(self.pid),
+            ["perf", "record", "-F", str(SAMPLE_HZ), "-g", "-p",
+             ",".join(str(pid) for pid in self.pids),
              "-o", str(self._data)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # perf attaches before the first statement is sampled
@@ -128,6 +142,10 @@ class BackendSampler:
             self.samples = len(stacks)
             self.shares = phase_shares(stacks)
             if not stacks:
-                self.error = "perf recorded no samples of the backend"
+                self.error = "perf recorded no samples"
         finally:
             self._dir.cleanup()
+
+    def as_result(self) -> dict:
+        return {"shares": self.shares, "samples": self.samples, "processes": len(self.pids),
+                "error": self.error}

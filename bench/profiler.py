@@ -271,8 +271,7 @@ def worker_main(argv: list[str]) -> None:
     with pg_phases.BackendSampler(backend_pid) as sampler:
         for _ in range(args.pairs):
             pair()
-    database_phases = {"shares": sampler.shares, "samples": sampler.samples,
-                       "error": sampler.error}
+    database_phases = sampler.as_result()
 
     # 3. Profiled (CPU clock): self time per category.
     profiler = cProfile.Profile(time.thread_time)
@@ -471,9 +470,8 @@ def print_database_phases(inproc: dict) -> None:
         return
     print(f"Database CPU by phase ({phases['samples']} perf samples of the backend, "
           f"scaled to its {inproc['backend_cpu_us']:.0f} us a pair):")
-    print("| database backend, one pair | share | us |\n|---|---:|---:|")
-    for phase, share in phases["shares"].items():
-        print(f"| {phase} | {100 * share:.1f}% | {share * inproc['backend_cpu_us']:.0f} |")
+    for line in pg_phases.phase_table(phases["shares"], us_total=inproc["backend_cpu_us"]):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Ratios to the baseline, the targets (met or not), and the printed report."""
 
+from bench import pg_phases
+
 
 def _get(tree: dict, *path):
     for key in path:
@@ -225,6 +227,15 @@ def print_report(results: dict) -> None:
             else:
                 out(step_line(label, step[kind]))
             out(cost_line(step))
+    phases = _get(results, "database_phases_at_max", "database_phases")
+    if phases is not None:
+        if phases["shares"]:
+            out(f"Database CPU by phase at the pairs maximum ({phases['samples']} perf "
+                f"samples of {phases['processes']} PostgreSQL processes; a step of its own):")
+            for line in pg_phases.phase_table(phases["shares"]):
+                out(f"  {line}")
+        else:
+            out(f"Database CPU by phase at the pairs maximum: not measured ({phases['error']})")
     generator = results.get("generator_cost")
     if generator:
         out(f"Load generator: {generator['us_per_request']} us of CPU per request; "

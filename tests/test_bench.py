@@ -312,3 +312,32 @@ def test_the_profile_prints_each_phase_in_microseconds_a_pair(capsys):
     out = capsys.readouterr().out
     assert "| commit: WAL flush (fdatasync) | 25.0% | 300 |" in out
     assert "400 perf samples" in out
+
+
+def _report_with_phases(phases: dict) -> dict:
+    return {"config": {"server": "granian:2x8", "accounts": 1}, "started_at": "2026-12-01",
+            "database_phases_at_max": {"database_phases": phases}}
+
+
+def test_the_report_prints_the_database_phases_at_the_pairs_maximum(capsys):
+    # given a run whose extra pairs-maximum step sampled three PostgreSQL processes
+    phases = {"shares": {"plan set-up (executor start)": 0.2, pg_phases.OTHER: 0.8},
+              "samples": 3907, "processes": 3, "error": None}
+    # when the report is printed
+    report.print_report(_report_with_phases(phases))
+    # then each phase's share is there, with how many samples of how many processes
+    out = capsys.readouterr().out
+    assert "3907 perf samples of 3 PostgreSQL processes" in out
+    assert "| plan set-up (executor start) | 20.0% |" in out
+
+
+def test_the_report_says_why_the_database_phases_were_not_measured(capsys):
+    # given a run on a machine where perf could not sample
+    phases = {"shares": {}, "samples": 0, "error": "perf not found (Debian package linux-perf)"}
+    # when the report is printed
+    report.print_report(_report_with_phases(phases))
+    # then it says so instead of printing an empty table
+    out = capsys.readouterr().out
+    assert ("Database CPU by phase at the pairs maximum: not measured (perf not found"
+            in out)
+    assert "| database, by phase |" not in out
