@@ -1,5 +1,6 @@
-"""Where a database backend's CPU goes, by phase of statement processing: `perf` samples
-of the backend's call stacks while it serves the run path, each sample counted for the
+"""Where PostgreSQL's CPU goes, by phase of statement processing: `perf` samples of the
+call stacks of one backend (the profile's) or of every process of the database (make
+bench's extra pairs maximum) while they serve the run path, each sample counted for the
 first phase (in PHASES' order) whose PostgreSQL function is on its stack.
 
 auto_explain (bench/profiler.py) times what the plans do: reads, writes, nested
@@ -8,8 +9,8 @@ down, CHECK constraints, the deferred ledger-balance triggers and the WAL flush 
 commit, the protocol. The samples see everything the backend runs on a CPU.
 
 Needs `perf` (Debian: linux-perf) and the right to sample another process (root, or
-kernel.perf_event_paranoid <= 1 for the same user); without them the profile says why
-and goes on without this table."""
+kernel.perf_event_paranoid <= 1 for the same user); without them the profile and the
+report say why and go on without this table."""
 
 import os
 import re
@@ -77,7 +78,7 @@ def phase_shares(stacks: list[list[str]]) -> dict[str, float]:
 
 
 def unavailable() -> str | None:
-    """Why the backend cannot be sampled here, or None."""
+    """Why PostgreSQL's processes cannot be sampled here, or None."""
     if shutil.which("perf") is None:
         return "perf not found (Debian package linux-perf)"
     paranoid = Path("/proc/sys/kernel/perf_event_paranoid")
